@@ -1,0 +1,491 @@
+//! A fake worker that speaks vLLM's OpenAI API, for tests and load benchmarks: chat completions
+//! with `usage`, streamed chunks shaped as vLLM sends them (a role chunk, one chunk per token, a
+//! finish chunk, the usage chunk when asked, `data: [DONE]`), 404 for unknown models,
+//! `/health`, `/v1/models`, and knobs for latency, tokens per second, failures and health,
+//! changeable at run time with `POST /control`. `GET /stats` tells a test what the worker saw:
+//! how many requests, how many cancelled mid-way, and the last request (image data elided).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// The worker's behaviour. Every field can be changed with `POST /control`.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct Behaviour {
+    /// Delay before the response head (and, for non-streamed answers, the whole answer).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Streaming pace; 0 sends tokens as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub tokens_per_sec: f64,
+    /// Fraction of chat requests answered with `fail_status`.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Status of a failed request.
+    #[arg(long, default_value_t = 500)]
+    pub fail_status: u16,
+    /// `/health` answers 200 (true) or 503 (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub healthy: bool,
+    /// Tokens generated when the request names no max_tokens.
+    #[arg(long, default_value_t = 16)]
+    pub default_max_tokens: u64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            latency_ms: 0,
+            tokens_per_sec: 0.0,
+            fail_rate: 0.0,
+            fail_status: 500,
+            healthy: true,
+            default_max_tokens: 16,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    models: Vec<String>,
+    behaviour: Mutex<Behaviour>,
+    counters: Counters,
+    last_request: Mutex<Option<Value>>,
+    name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct FakeWorker(Arc<Shared>);
+
+impl FakeWorker {
+    pub fn new(name: impl Into<String>, models: Vec<String>, behaviour: Behaviour) -> FakeWorker {
+        FakeWorker(Arc::new(Shared {
+            models,
+            behaviour: Mutex::new(behaviour),
+            counters: Counters::default(),
+            last_request: Mutex::new(None),
+            name: name.into(),
+        }))
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .route("/health", get(health))
+            .route("/control", post(control))
+            .route("/stats", get(stats))
+            .with_state(self.clone())
+    }
+
+    /// Serve on an already-bound listener until the task is dropped or aborted.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Bind 127.0.0.1 on `port` (0: any free port) and serve in a background task.
+    pub async fn spawn(
+        self,
+        port: u16,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let handle = tokio::spawn(async move {
+            let _ = self.serve(listener).await;
+        });
+        Ok((addr, handle))
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.0.behaviour.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn stats(&self) -> Value {
+        stats_value(&self.0)
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        self.0
+            .behaviour
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn stats_value(s: &Shared) -> Value {
+    let c = &s.counters;
+    json!({
+        "name": s.name,
+        "requests": c.requests.load(Ordering::Relaxed),
+        "completed": c.completed.load(Ordering::Relaxed),
+        "cancelled": c.cancelled.load(Ordering::Relaxed),
+        "failed": c.failed.load(Ordering::Relaxed),
+        "in_flight": c.in_flight.load(Ordering::Relaxed),
+        "max_in_flight": c.max_in_flight.load(Ordering::Relaxed),
+        "last_request": s.last_request.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    })
+}
+
+async fn health(State(w): State<FakeWorker>) -> StatusCode {
+    if w.behaviour().healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn models(State(w): State<FakeWorker>) -> Json<Value> {
+    let data: Vec<Value> = w
+        .0
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m, "parent": null, "max_model_len": 32768}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn control(State(w): State<FakeWorker>, Json(patch): Json<Value>) -> Json<Value> {
+    let mut current = serde_json::to_value(w.behaviour()).unwrap_or_default();
+    if let (Some(cur), Some(patch)) = (current.as_object_mut(), patch.as_object()) {
+        for (k, v) in patch {
+            cur.insert(k.clone(), v.clone());
+        }
+    }
+    if let Ok(b) = serde_json::from_value::<Behaviour>(current) {
+        w.set(|cur| *cur = b);
+    }
+    Json(serde_json::to_value(w.behaviour()).unwrap_or_default())
+}
+
+async fn stats(State(w): State<FakeWorker>) -> Json<Value> {
+    Json(w.stats())
+}
+
+/// Counts a request in flight; a request dropped before `done()` was cancelled by its client.
+struct Track {
+    w: FakeWorker,
+    done: bool,
+}
+
+impl Track {
+    fn new(w: &FakeWorker) -> Track {
+        let c = &w.0.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        c.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Track {
+            w: w.clone(),
+            done: false,
+        }
+    }
+    fn done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Track {
+    fn drop(&mut self) {
+        let c = &self.w.0.counters;
+        c.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.done {
+            c.completed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": status.as_u16()}});
+    (status, Json(body)).into_response()
+}
+
+/// Elide data URLs so the stats stay small and never echo image bytes.
+fn elide(v: &mut Value) {
+    match v {
+        Value::String(s) if s.starts_with("data:") => {
+            let len = s.len();
+            let head: String = s.chars().take(32).collect();
+            *s = format!("{head}…({len} chars)");
+        }
+        Value::Array(a) => a.iter_mut().for_each(elide),
+        Value::Object(o) => o.values_mut().for_each(elide),
+        _ => {}
+    }
+}
+
+async fn chat(
+    State(w): State<FakeWorker>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut track = Track::new(&w);
+    let b = w.behaviour();
+    let Ok(mut req) = serde_json::from_slice::<Value>(&body) else {
+        track.done();
+        return error(StatusCode::BAD_REQUEST, "invalid JSON", "BadRequestError");
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut seen = req.clone();
+    elide(&mut seen);
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    *w.0.last_request.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(json!({"body": seen, "x_request_id": request_id, "body_bytes": body.len()}));
+    if !w.0.models.contains(&model) {
+        track.done();
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+            "NotFoundError",
+        );
+    }
+    if b.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
+    }
+    if b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate {
+        w.0.counters.failed.fetch_add(1, Ordering::Relaxed);
+        track.done();
+        let status =
+            StatusCode::from_u16(b.fail_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error(status, "injected failure", "InternalServerError");
+    }
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(b.default_max_tokens);
+    let n = req.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let stop: Vec<String> = match req.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    };
+    let prompt_tokens = prompt_tokens(req.get_mut("messages"));
+    let tokens = generate(max_tokens, &stop);
+    let id = format!("chatcmpl-{:032x}", fastrand::u128(..));
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({
+                "index": i,
+                "message": {"role": "assistant", "content": tokens.text, "refusal": null, "annotations": null, "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
+                "logprobs": null,
+                "finish_reason": tokens.finish_reason,
+                "stop_reason": tokens.stop_reason,
+            }))
+            .collect();
+        let completion = tokens.pieces.len() as u64 * n;
+        track.done();
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "service_tier": null, "system_fingerprint": null,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion, "completion_tokens": completion, "prompt_tokens_details": null},
+            "prompt_logprobs": null, "kv_transfer_params": null,
+        }))
+        .into_response();
+    }
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let pace = (b.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / b.tokens_per_sec));
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        format!("data: {c}\n\n")
+    };
+    let body = async_stream(move |tx| async move {
+        let send = |s: String| tx.send(Ok::<_, std::convert::Infallible>(s));
+        for i in 0..n {
+            if send(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)).await.is_err() {
+                return;
+            }
+        }
+        for (k, piece) in tokens.pieces.iter().enumerate() {
+            if let Some(p) = pace {
+                tokio::time::sleep(p).await;
+            }
+            let last = k + 1 == tokens.pieces.len();
+            for i in 0..n {
+                let finish = if last {
+                    json!(tokens.finish_reason)
+                } else {
+                    Value::Null
+                };
+                let stop_reason = if last {
+                    tokens.stop_reason.clone()
+                } else {
+                    Value::Null
+                };
+                let c = chunk(
+                    json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}]),
+                    None,
+                );
+                if send(c).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            let completion = tokens.pieces.len() as u64 * n;
+            let usage = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion, "completion_tokens": completion});
+            if send(chunk(json!([]), Some(usage))).await.is_err() {
+                return;
+            }
+        }
+        if send("data: [DONE]\n\n".to_string()).await.is_ok() {
+            track.done();
+        }
+    });
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        "content-type",
+        "text/event-stream; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    resp
+}
+
+/// A body fed by a task through a channel of capacity 1, so the producer runs at the client's
+/// pace and stops (dropping its state) when the client goes away.
+fn async_stream<F, Fut>(f: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::convert::Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(f(tx));
+    Body::from_stream(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+struct Generated {
+    pieces: Vec<String>,
+    text: String,
+    finish_reason: &'static str,
+    stop_reason: Value,
+}
+
+/// Deterministic text: words from a fixed caption, one token each, cut at a stop string.
+fn generate(max_tokens: u64, stop: &[String]) -> Generated {
+    const WORDS: &[&str] = &[
+        " The",
+        " image",
+        " shows",
+        " a",
+        " red",
+        " kite",
+        " above",
+        " a",
+        " green",
+        " field",
+        ",",
+        " with",
+        " two",
+        " people",
+        " watching",
+        " under",
+        " a",
+        " pale",
+        " blue",
+        " sky",
+        ".",
+    ];
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    for i in 0..max_tokens as usize {
+        let piece = WORDS[i % WORDS.len()];
+        let candidate = format!("{text}{piece}");
+        if let Some(s) = stop
+            .iter()
+            .find(|s| !s.is_empty() && candidate.contains(s.as_str()))
+        {
+            return Generated {
+                pieces,
+                text,
+                finish_reason: "stop",
+                stop_reason: json!(s),
+            };
+        }
+        pieces.push(piece.to_string());
+        text = candidate;
+    }
+    Generated {
+        pieces,
+        text,
+        finish_reason: "length",
+        stop_reason: Value::Null,
+    }
+}
+
+/// A rough prompt size: text bytes / 4, plus 64 per image.
+fn prompt_tokens(messages: Option<&mut Value>) -> u64 {
+    let mut text = 0u64;
+    let mut images = 0u64;
+    if let Some(Value::Array(ms)) = messages {
+        for m in ms {
+            match m.get("content") {
+                Some(Value::String(s)) => text += s.len() as u64,
+                Some(Value::Array(parts)) => {
+                    for p in parts {
+                        match p.get("type").and_then(Value::as_str) {
+                            Some("text") => {
+                                text += p
+                                    .get("text")
+                                    .and_then(Value::as_str)
+                                    .map_or(0, |t| t.len() as u64)
+                            }
+                            Some("image_url") => images += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    text.div_ceil(4) + 64 * images + 1
+}

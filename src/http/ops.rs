@@ -1,0 +1,72 @@
+//! The small endpoints: `/health` (liveness), `/ready` (readiness), `/v1/models`, `/metrics`,
+//! and the OpenAI-shaped 404 and 405.
+
+use crate::api::models::ModelList;
+use crate::error::GatewayError;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// 200 while the process serves; says nothing about workers (a restart would not help them).
+pub async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+/// 200 when every served model has a worker that can take requests and we are not draining.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let pools: serde_json::Map<String, serde_json::Value> = state
+        .pools
+        .iter()
+        .map(|(name, p)| {
+            let workers = p.members.list();
+            let reachable = workers
+                .iter()
+                .filter(|w| {
+                    !w.draining.load(std::sync::atomic::Ordering::Relaxed)
+                        && w.health.is_reachable(std::time::Instant::now())
+                })
+                .count();
+            (
+                name.clone(),
+                serde_json::json!({"workers": workers.len(), "reachable": reachable}),
+            )
+        })
+        .collect();
+    let ready = state.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "draining": state.drain.is_draining(),
+        "pools": pools,
+    });
+    (status, Json(body)).into_response()
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList::new(state.pools.keys().cloned(), state.created))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: Uri) -> GatewayError {
+    GatewayError::RouteNotFound(uri.path().to_string())
+}
+
+pub async fn method_not_allowed() -> GatewayError {
+    GatewayError::MethodNotAllowed
+}

@@ -1,0 +1,324 @@
+//! The workers of one served model: who they are (static or found by DNS), how loaded and how
+//! healthy each is, and which one a request should go to.
+//!
+//! The queue (`crate::queue`) asks [`Members::choose`] for a worker when a request is at the
+//! head of the line, and takes a [`Lease`] on it; the forwarder (`crate::worker`) reports each
+//! outcome back through [`Worker::record_outcome`]; probes (`health_loop`) and discovery
+//! (`discovery`) run as background tasks owned by the pool.
+
+pub mod discovery;
+pub mod health;
+mod lease;
+pub mod policy;
+pub mod probe;
+
+use crate::config::{PolicyKind, PoolArgs};
+use crate::metrics::Metrics;
+use crate::worker::Backend;
+pub use health::{Admit, Health, HealthPolicy, ProbeState, Transition};
+pub use lease::Lease;
+use policy::WorkerSnapshot;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// In-flight load of one worker. Changed only by [`Lease`] (taken by the queue actor, given
+/// back on drop), read by everyone.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub in_flight: AtomicU32,
+    pub tokens: AtomicU64,
+}
+
+/// One worker: an address (or the in-process engine), its load, its health.
+#[derive(Debug)]
+pub struct Worker {
+    /// Base URL (`http://10.0.0.7:8000`) or `candle:/path`: the label in logs and metrics.
+    pub url: String,
+    pub model: String,
+    pub backend: Backend,
+    pub load: Load,
+    pub health: Health,
+    /// Found gone by discovery: finishes what it has, gets nothing new.
+    pub draining: AtomicBool,
+    /// Stable hash of `url`, for rendezvous hashing.
+    key: u64,
+    metrics: Metrics,
+}
+
+impl Worker {
+    pub fn new(
+        url: String,
+        model: String,
+        backend: Backend,
+        policy: HealthPolicy,
+        metrics: Metrics,
+    ) -> Worker {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        url.hash(&mut h);
+        // The in-process engine needs no probe: it is up from the start.
+        let health = Health::new(policy);
+        if backend.is_in_process() {
+            health.record_probe(true);
+        }
+        Worker {
+            key: h.finish(),
+            url,
+            model,
+            backend,
+            load: Load::default(),
+            health,
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub(crate) fn metrics_in_flight(&self, delta: i64) {
+        self.metrics
+            .worker_in_flight
+            .with_label_values(&[self.model.as_str(), self.url.as_str()])
+            .add(delta);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.load.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Feed one forwarding outcome into passive health.
+    pub fn record_outcome(&self, worker_fault: bool) {
+        let transition = if worker_fault {
+            self.health.record_failure(Instant::now())
+        } else {
+            self.health.record_success()
+        };
+        self.log_transition(transition, "request");
+    }
+
+    pub fn log_transition(&self, t: Transition, cause: &str) {
+        let labels = [self.model.as_str(), self.url.as_str()];
+        match t {
+            Transition::None => return,
+            Transition::Ejected(backoff) => {
+                self.metrics
+                    .worker_ejections
+                    .with_label_values(&labels)
+                    .inc();
+                tracing::warn!(worker = %self.url, model = %self.model, backoff_ms = backoff.as_millis() as u64, cause, "worker ejected");
+            }
+            Transition::WentDown => {
+                tracing::warn!(worker = %self.url, model = %self.model, cause, "worker down")
+            }
+            Transition::WentUp => {
+                tracing::info!(worker = %self.url, model = %self.model, cause, "worker up")
+            }
+            Transition::Restored => {
+                tracing::info!(worker = %self.url, model = %self.model, cause, "worker restored after ejection")
+            }
+        }
+        self.update_health_gauge();
+    }
+
+    pub fn update_health_gauge(&self) {
+        let now = Instant::now();
+        // 1 healthy, 0 down, 0.5 ejected (half-open or backing off).
+        let value = if self.health.is_ejected(now) || self.health.admit(now) == Admit::Trial {
+            0.5
+        } else if self.health.admit(now) == Admit::Open {
+            1.0
+        } else {
+            0.0
+        };
+        self.metrics
+            .worker_health
+            .with_label_values(&[self.model.as_str(), self.url.as_str()])
+            .set(value);
+    }
+}
+
+/// The pool's workers. Membership is copy-on-write: readers clone the `Arc` and never hold the
+/// lock while they work; only discovery writes.
+#[derive(Debug)]
+pub struct Members {
+    pub model: String,
+    pub settings: PoolArgs,
+    workers: RwLock<Arc<Vec<Arc<Worker>>>>,
+    /// Round-robin turn.
+    turn: AtomicU64,
+    /// Wakes the queue actor when capacity may have appeared (lease dropped, worker up).
+    pub freed: Arc<Notify>,
+}
+
+/// The queue's view of one request, for choosing a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInfo<'a> {
+    pub tokens: u64,
+    pub affinity: Option<&'a [u8; 32]>,
+}
+
+impl Members {
+    pub fn new(model: String, settings: PoolArgs) -> Members {
+        Members {
+            model,
+            settings,
+            workers: RwLock::new(Arc::new(Vec::new())),
+            turn: AtomicU64::new(0),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn list(&self) -> Arc<Vec<Arc<Worker>>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the member list (discovery). Workers no longer listed should already be draining.
+    pub fn set(&self, workers: Vec<Arc<Worker>>) {
+        *self.workers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(workers);
+        self.freed.notify_one();
+    }
+
+    /// At least one worker may take requests now (for `/ready`).
+    pub fn any_reachable(&self) -> bool {
+        let now = Instant::now();
+        self.list()
+            .iter()
+            .any(|w| !w.draining.load(Ordering::Relaxed) && w.health.is_reachable(now))
+    }
+
+    /// Every worker is known to be down (not merely busy or still starting): fail fast.
+    pub fn all_down(&self) -> bool {
+        let now = Instant::now();
+        self.list().iter().all(|w| {
+            w.draining.load(Ordering::Relaxed) || w.health.is_down() || w.health.is_ejected(now)
+        })
+    }
+
+    /// Pick a worker with room for this request, preferring ones not in `avoid` (workers this
+    /// request already failed on). Returns the worker and whether it is a half-open trial.
+    pub fn choose(&self, route: RouteInfo<'_>, avoid: &[String]) -> Option<(Arc<Worker>, bool)> {
+        let workers = self.list();
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut snaps: Vec<WorkerSnapshot> = Vec::with_capacity(workers.len());
+        let mut trials: Vec<bool> = Vec::with_capacity(workers.len());
+        for (index, w) in workers.iter().enumerate() {
+            let admit = if w.draining.load(Ordering::Relaxed) {
+                Admit::Closed
+            } else {
+                w.health.admit(now)
+            };
+            let in_flight = w.load.in_flight.load(Ordering::Relaxed);
+            let tokens = w.load.tokens.load(Ordering::Relaxed);
+            // A request bigger than the whole token cap still runs, alone.
+            let has_room = in_flight < s.max_in_flight
+                && (tokens + route.tokens <= s.max_tokens_in_flight || in_flight == 0);
+            snaps.push(WorkerSnapshot {
+                index,
+                key: w.key,
+                in_flight,
+                tokens_in_flight: tokens,
+                available: admit != Admit::Closed,
+                has_room,
+            });
+            trials.push(admit == Admit::Trial);
+        }
+        let pick = |snaps: &[WorkerSnapshot]| match s.policy {
+            PolicyKind::LeastOutstanding => policy::least_outstanding(snaps),
+            PolicyKind::PowerOfTwo => {
+                policy::power_of_two(snaps, fastrand::u64(..), fastrand::u64(..))
+            }
+            PolicyKind::RoundRobin => {
+                policy::round_robin(snaps, self.turn.fetch_add(1, Ordering::Relaxed))
+            }
+            PolicyKind::Affinity => policy::affinity(snaps, route.affinity),
+        };
+        let preferred: Vec<WorkerSnapshot> = snaps
+            .iter()
+            .copied()
+            .filter(|sn| !avoid.iter().any(|a| *a == workers[sn.index].url))
+            .collect();
+        let index = pick(&preferred).or_else(|| pick(&snaps))?;
+        let trial = trials[index];
+        if trial {
+            workers[index].health.start_trial();
+        }
+        Some((workers[index].clone(), trial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize, policy: PolicyKind) -> Members {
+        let settings = PoolArgs {
+            policy,
+            max_in_flight: 2,
+            ..PoolArgs::default()
+        };
+        let m = Members::new("caprl".into(), settings.clone());
+        let workers = (0..n)
+            .map(|i| {
+                let w = Worker::new(
+                    format!("http://127.0.0.1:{}", 9000 + i),
+                    "caprl".into(),
+                    Backend::http(format!("http://127.0.0.1:{}", 9000 + i)),
+                    HealthPolicy::from(&settings),
+                    Metrics::new(),
+                );
+                w.health.record_probe(true);
+                Arc::new(w)
+            })
+            .collect();
+        m.set(workers);
+        m
+    }
+
+    #[test]
+    fn leases_fill_workers_up_to_their_cap() {
+        let m = members(2, PolicyKind::LeastOutstanding);
+        let route = RouteInfo {
+            tokens: 10,
+            affinity: None,
+        };
+        let mut leases = Vec::new();
+        for _ in 0..4 {
+            let (w, trial) = m.choose(route, &[]).expect("room");
+            leases.push(Lease::take(w, 10, trial, m.freed.clone()));
+        }
+        assert!(
+            m.choose(route, &[]).is_none(),
+            "both workers at max_in_flight"
+        );
+        let counts: Vec<u32> = m.list().iter().map(|w| w.in_flight()).collect();
+        assert_eq!(counts, vec![2, 2]);
+        leases.pop();
+        assert!(m.choose(route, &[]).is_some(), "a dropped lease frees room");
+        drop(leases);
+        assert!(m
+            .list()
+            .iter()
+            .all(|w| w.in_flight() == 0 && w.load.tokens.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn avoid_is_a_preference() {
+        let m = members(2, PolicyKind::LeastOutstanding);
+        let route = RouteInfo {
+            tokens: 1,
+            affinity: None,
+        };
+        let first = m.list()[0].url.clone();
+        let (w, _) = m.choose(route, std::slice::from_ref(&first)).expect("some");
+        assert_ne!(w.url, first);
+        let both = [first.clone(), m.list()[1].url.clone()];
+        assert!(
+            m.choose(route, &both).is_some(),
+            "falls back to an avoided worker"
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Image checks: a data URL becomes an [`ImageInfo`] (format sniffed from the bytes, size and
+//! pixel limits, content hash, Qwen2.5-VL visual-token estimate) or a 400/413 naming the field.
+//!
+//! Order matters for cost: the encoded length is checked before decoding, the pixel count is
+//! read from the header before anything is decompressed, and nothing is fully decoded here.
+
+use crate::config::LimitArgs;
+use crate::error::GatewayError;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+use bytes::Bytes;
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+/// Standard base64; padding optional, as Python's encoders always pad but some clients strip it.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Qwen2.5-VL: 14-pixel patches merged 2×2, so one visual token per 28×28 pixels.
+pub const IMAGE_FACTOR: u64 = 28;
+/// Qwen2-VL's smart_resize refuses images more elongated than this.
+pub const MAX_ASPECT_RATIO: u64 = 200;
+
+/// The formats the gateway accepts, as sniffed from the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+    Gif,
+    Bmp,
+}
+
+impl ImageFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Gif => "gif",
+            ImageFormat::Bmp => "bmp",
+        }
+    }
+
+    fn from_image(f: image::ImageFormat) -> Option<Self> {
+        Some(match f {
+            image::ImageFormat::Png => ImageFormat::Png,
+            image::ImageFormat::Jpeg => ImageFormat::Jpeg,
+            image::ImageFormat::WebP => ImageFormat::Webp,
+            image::ImageFormat::Gif => ImageFormat::Gif,
+            image::ImageFormat::Bmp => ImageFormat::Bmp,
+            _ => return None,
+        })
+    }
+
+    fn to_image(self) -> image::ImageFormat {
+        match self {
+            ImageFormat::Png => image::ImageFormat::Png,
+            ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+            ImageFormat::Webp => image::ImageFormat::WebP,
+            ImageFormat::Gif => image::ImageFormat::Gif,
+            ImageFormat::Bmp => image::ImageFormat::Bmp,
+        }
+    }
+}
+
+/// What validation learned about one image. Never holds the bytes unless asked to (the
+/// in-process engine needs them; HTTP workers get the client's own bytes).
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Decoded size in bytes.
+    pub bytes: usize,
+    /// blake3 of the decoded bytes: the affinity key, and safe to log.
+    pub hash: blake3::Hash,
+    /// Visual tokens Qwen2.5-VL will spend on it after smart_resize.
+    pub tokens: u64,
+    /// Time spent decoding base64, reading the header and hashing.
+    pub check_time: Duration,
+    /// The decoded bytes, kept only for in-process engines.
+    pub data: Option<Bytes>,
+}
+
+/// The part of the limits image checks need, copied once per request.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    pub max_image_bytes: u64,
+    pub max_image_pixels: u64,
+    pub min_pixels: u64,
+    pub max_pixels: u64,
+}
+
+impl From<&LimitArgs> for ImageLimits {
+    fn from(l: &LimitArgs) -> Self {
+        ImageLimits {
+            max_image_bytes: l.max_image_bytes,
+            max_image_pixels: l.max_image_pixels,
+            min_pixels: l.min_pixels,
+            max_pixels: l.max_pixels,
+        }
+    }
+}
+
+/// Check one `data:` URL. `param` names the field for errors.
+pub fn check_data_url(
+    url: &str,
+    limits: &ImageLimits,
+    keep_bytes: bool,
+    param: &str,
+) -> Result<ImageInfo, GatewayError> {
+    let started = Instant::now();
+    let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
+    let rest = url
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .map(|_| &url[5..])
+        .ok_or_else(|| invalid("expected a data: URL".into()))?;
+    let (meta, payload) = rest
+        .split_once(',')
+        .ok_or_else(|| invalid("malformed data URL: no ',' before the data".into()))?;
+    let mut params = meta.split(';');
+    let media_type = params.next().unwrap_or_default().trim();
+    let is_base64 = params.any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    check_media_type(media_type).map_err(invalid)?;
+    if !is_base64 {
+        return Err(invalid(
+            "data URL must be base64-encoded (data:image/png;base64,...)".into(),
+        ));
+    }
+
+    // Decoded length is at most 3/4 of the encoded one: refuse before allocating.
+    let payload = payload.trim_end();
+    let decoded_max = (payload.len() as u64 / 4 + 1) * 3;
+    if decoded_max > limits.max_image_bytes + 3 {
+        return Err(GatewayError::too_large(
+            format!(
+                "image is about {} bytes decoded; the limit is {} bytes",
+                payload.len() as u64 / 4 * 3,
+                limits.max_image_bytes
+            ),
+            Some(param.to_string()),
+        ));
+    }
+    let data = BASE64
+        .decode(payload)
+        .map_err(|e| invalid(format!("malformed base64 in data URL: {e}")))?;
+    if data.len() as u64 > limits.max_image_bytes {
+        return Err(GatewayError::too_large(
+            format!(
+                "image is {} bytes decoded; the limit is {} bytes",
+                data.len(),
+                limits.max_image_bytes
+            ),
+            Some(param.to_string()),
+        ));
+    }
+
+    let format = image::guess_format(&data)
+        .ok()
+        .and_then(ImageFormat::from_image)
+        .ok_or_else(|| {
+            invalid("the data is not a supported image (png, jpeg, webp, gif, bmp)".into())
+        })?;
+    let (width, height) = image::ImageReader::with_format(Cursor::new(&data), format.to_image())
+        .into_dimensions()
+        .map_err(|e| invalid(format!("cannot read the {} header: {e}", format.as_str())))?;
+    if width == 0 || height == 0 {
+        return Err(invalid(format!("image has no pixels ({width}x{height})")));
+    }
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_image_pixels {
+        return Err(GatewayError::too_large(
+            format!(
+                "image is {width}x{height} = {pixels} pixels; the limit is {}",
+                limits.max_image_pixels
+            ),
+            Some(param.to_string()),
+        ));
+    }
+    let (w, h) = (width as u64, height as u64);
+    if w.max(h) > MAX_ASPECT_RATIO * w.min(h) {
+        return Err(invalid(format!(
+            "image aspect ratio {width}x{height} is more than {MAX_ASPECT_RATIO}:1"
+        )));
+    }
+    let hash = blake3::hash(&data);
+    let (rh, rw) = smart_resize(h, w, limits.min_pixels, limits.max_pixels);
+    let bytes = data.len();
+    Ok(ImageInfo {
+        format,
+        width,
+        height,
+        bytes,
+        hash,
+        tokens: (rh / IMAGE_FACTOR) * (rw / IMAGE_FACTOR),
+        check_time: started.elapsed(),
+        data: keep_bytes.then(|| Bytes::from(data)),
+    })
+}
+
+/// Media types a data URL may declare. The bytes decide the real format: a declared subtype
+/// that disagrees is not an error; a non-image type is.
+fn check_media_type(media_type: &str) -> Result<(), String> {
+    let lower = media_type.to_ascii_lowercase();
+    match lower.as_str() {
+        // CapRL's own scripts send `data:image;base64,` with no subtype.
+        "image" | "image/png" | "image/jpeg" | "image/jpg" | "image/pjpeg" | "image/webp"
+        | "image/gif" | "image/bmp" | "image/x-bmp" | "image/x-ms-bmp" => Ok(()),
+        "" => Err("data URL has no media type; expected image/png, image/jpeg, …".into()),
+        t if t.starts_with("image/") => Err(format!(
+            "unsupported image type `{media_type}`; supported: png, jpeg, webp, gif, bmp"
+        )),
+        _ => Err(format!(
+            "data URL media type `{media_type}` is not an image"
+        )),
+    }
+}
+
+/// Qwen2-VL's `smart_resize`: the (height, width) the model sees, both multiples of 28, the
+/// aspect ratio kept as well as it can be, total pixels within `[min_pixels, max_pixels]`.
+/// Matches `transformers`' float arithmetic (round half to even, floor, ceil).
+pub fn smart_resize(height: u64, width: u64, min_pixels: u64, max_pixels: u64) -> (u64, u64) {
+    let factor = IMAGE_FACTOR as f64;
+    let (h, w) = (height as f64, width as f64);
+    let round = |x: f64| (x / factor).round_ties_even() * factor;
+    let mut h_bar = factor.max(round(h));
+    let mut w_bar = factor.max(round(w));
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = factor.max((h / beta / factor).floor() * factor);
+        w_bar = factor.max((w / beta / factor).floor() * factor);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / factor).ceil() * factor;
+        w_bar = (w * beta / factor).ceil() * factor;
+    }
+    (h_bar as u64, w_bar as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ImageLimits = ImageLimits {
+        max_image_bytes: 1 << 20,
+        max_image_pixels: 50_000_000,
+        min_pixels: 3136,
+        max_pixels: 12_845_056,
+    };
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("encode png");
+        out
+    }
+
+    fn url(prefix: &str, bytes: &[u8]) -> String {
+        format!("{prefix}{}", BASE64.encode(bytes))
+    }
+
+    #[test]
+    fn smart_resize_matches_the_reference() {
+        // Values computed with transformers' smart_resize.
+        assert_eq!(smart_resize(56, 84, 3136, 12_845_056), (56, 84));
+        assert_eq!(smart_resize(47, 101, 3136, 12_845_056), (56, 112));
+        assert_eq!(smart_resize(30, 20, 3136, 12_845_056), (84, 56));
+        assert_eq!(smart_resize(200, 300, 3136, 12_845_056), (196, 308));
+        assert_eq!(smart_resize(4000, 6000, 3136, 12_845_056), (2912, 4368));
+        // 14 rounds half to even: 0.5 -> 0, then clamped to one factor.
+        assert_eq!(smart_resize(14, 100, 3136, 12_845_056).1 % 28, 0);
+    }
+
+    #[test]
+    fn checks_a_png_with_and_without_subtype() {
+        let bytes = png(64, 32);
+        for prefix in [
+            "data:image/png;base64,",
+            "data:image;base64,",
+            "data:image/jpeg;base64,",
+        ] {
+            let info = check_data_url(&url(prefix, &bytes), &LIMITS, false, "p").expect(prefix);
+            assert_eq!(info.format, ImageFormat::Png, "sniffed, not declared");
+            assert_eq!((info.width, info.height), (64, 32));
+            assert_eq!(info.hash, blake3::hash(&bytes));
+            // 64x32 -> smart_resize (28, 56)? no: rounds to (28, 56) then min_pixels lifts it.
+            let (rh, rw) = smart_resize(32, 64, 3136, 12_845_056);
+            assert_eq!(info.tokens, (rh / 28) * (rw / 28));
+            assert!(info.data.is_none());
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_image() {
+        let err = check_data_url(
+            &url("data:image/png;base64,", b"hello world"),
+            &LIMITS,
+            false,
+            "p",
+        )
+        .expect_err("not an image");
+        assert_eq!(err.status(), 400);
+        let err = check_data_url(
+            &url("data:text/plain;base64,", &png(4, 4)),
+            &LIMITS,
+            false,
+            "p",
+        )
+        .expect_err("not an image type");
+        assert_eq!(err.status(), 400);
+        let err = check_data_url("data:image/png;base64,@@@@", &LIMITS, false, "p")
+            .expect_err("bad base64");
+        assert_eq!(err.status(), 400);
+        let err =
+            check_data_url("data:image/png,rawbytes", &LIMITS, false, "p").expect_err("not base64");
+        assert_eq!(err.status(), 400);
+        let err = check_data_url(
+            &url("data:image/tiff;base64,", &png(4, 4)),
+            &LIMITS,
+            false,
+            "p",
+        )
+        .expect_err("tiff declared");
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn truncated_header_is_a_400() {
+        let bytes = png(64, 32);
+        let err = check_data_url(
+            &url("data:image;base64,", &bytes[..20]),
+            &LIMITS,
+            false,
+            "x",
+        )
+        .expect_err("truncated");
+        assert_eq!(err.status(), 400);
+        let v = serde_json::to_value(err.envelope()).expect("json");
+        assert_eq!(v["error"]["param"], "x");
+    }
+
+    #[test]
+    fn limits_are_413() {
+        let big = png(64, 32);
+        let tight = ImageLimits {
+            max_image_bytes: 50,
+            ..LIMITS
+        };
+        let err = check_data_url(&url("data:image/png;base64,", &big), &tight, false, "p")
+            .expect_err("too many bytes");
+        assert_eq!(err.status(), 413);
+        let few_pixels = ImageLimits {
+            max_image_pixels: 1000,
+            ..LIMITS
+        };
+        let err = check_data_url(
+            &url("data:image/png;base64,", &big),
+            &few_pixels,
+            false,
+            "p",
+        )
+        .expect_err("too many pixels");
+        assert_eq!(err.status(), 413);
+    }
+
+    #[test]
+    fn keeps_bytes_when_asked() {
+        let bytes = png(8, 8);
+        let info =
+            check_data_url(&url("data:image/png;base64,", &bytes), &LIMITS, true, "p").expect("ok");
+        assert_eq!(info.data.as_deref(), Some(&bytes[..]));
+    }
+}

@@ -1,0 +1,106 @@
+//! The one place the gateway changes a client's body: top-level fields only, every value kept
+//! as the client's raw JSON text (a 1 MB image string is copied, never re-escaped).
+
+use crate::error::GatewayError;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// Drop `priority` and/or ask for `stream_options.include_usage`, keeping everything else.
+pub fn rewrite_body(
+    body: &[u8],
+    strip_priority: bool,
+    add_usage: bool,
+) -> Result<Bytes, GatewayError> {
+    // A Vec of pairs keeps the client's field order.
+    let fields: Vec<(std::borrow::Cow<'_, str>, &RawValue)> = {
+        let map: RawObject<'_> = serde_json::from_slice(body)
+            .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}"), None))?;
+        map.0
+    };
+    let mut out = Vec::with_capacity(body.len() + 48);
+    out.push(b'{');
+    let mut first = true;
+    let mut push = |out: &mut Vec<u8>, key: &str, value: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail; this is a bug");
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    };
+    for (key, value) in &fields {
+        match key.as_ref() {
+            "priority" if strip_priority => {}
+            "stream_options" if add_usage => {}
+            _ => push(&mut out, key, value.get()),
+        }
+    }
+    if add_usage {
+        // Keep the client's other stream options, if any, and turn usage on.
+        let mut options: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .find(|(k, _)| k == "stream_options")
+            .and_then(|(_, v)| serde_json::from_str(v.get()).ok())
+            .unwrap_or_default();
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        let options = serde_json::to_string(&options).expect("a map serializes; this is a bug");
+        push(&mut out, "stream_options", &options);
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
+
+/// A JSON object as ordered (key, raw value) pairs.
+struct RawObject<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key, value));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_priority_and_adds_usage_keeping_the_rest() {
+        let body = br#"{"model":"caprl","priority":-3,"stream":true,"stream_options":{"continuous_usage_stats":false},"top_k":5,"messages":[{"role":"user","content":"hi \u00e9"}]}"#;
+        let out = rewrite_body(body, true, true).expect("rewrites");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert!(v.get("priority").is_none());
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["continuous_usage_stats"], false);
+        assert_eq!(v["top_k"], 5);
+        // The message text is the client's raw text, escapes included.
+        assert!(std::str::from_utf8(&out)
+            .expect("utf-8")
+            .contains(r#""hi \u00e9""#));
+    }
+
+    #[test]
+    fn leaves_fields_alone_when_not_asked() {
+        let body = br#"{"a":1,"priority":2}"#;
+        let out = rewrite_body(body, false, false).expect("rewrites");
+        assert_eq!(&out[..], &body[..]);
+    }
+}

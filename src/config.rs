@@ -408,14 +408,13 @@ fn merge_file(cli: &ServeArgs, file: &str, matches: &ArgMatches) -> Result<Serve
     let file: toml::Table = toml::from_str(file).map_err(|e| e.to_string())?;
     let mut merged = toml::Table::try_from(cli).map_err(|e| e.to_string())?;
     let explicit = |id: &str| {
-        matches!(
-            matches
-                .try_get_raw(id)
-                .ok()
-                .flatten()
-                .and(matches.value_source(id)),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
+        // Only ask about known ids: clap panics on a name that is not an argument (the file's
+        // unknown keys are reported by deserialization below, naming the key).
+        matches.ids().any(|known| known.as_str() == id)
+            && matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
     };
     for (section, value) in file {
         match value {

@@ -100,6 +100,11 @@ impl FakeWorker {
 
     /// Serve on an already-bound listener until the task is dropped or aborted.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // As vLLM's server does: small SSE writes must not wait for a delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router()).await
     }
 

@@ -5,7 +5,7 @@
 //! POST /v1/chat/completions
 //!  ① http/        middleware: request id, span, metrics; API key; body limit (extract.rs)
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
-//!                 once (format sniffed, size and pixel limits, blake3 hash, visual tokens)
+//!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
 //!  ③ queue/       the model's admission queue: waits for a worker with room, 429 past its
 //!                 bounds, hands out batches (batch.rs: the rule, a pure function)
 //!  ④ pool/        which worker (policy/: one file per policy), a Lease on it released on

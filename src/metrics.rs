@@ -49,7 +49,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Visual tokens estimated at validation, by model.
     pub image_tokens: IntCounterVec,
-    /// Images by sniffed format and outcome (`ok`, `rejected`).
+    /// Images by sniffed format (`unknown` when the bytes are no image) and outcome (`ok`,
+    /// `rejected`).
     pub images: IntCounterVec,
     /// Decoded image size.
     pub image_bytes: HistogramVec,
@@ -68,7 +69,8 @@ pub struct Metrics {
     /// Retries of a request on another worker, by model.
     pub retries: IntCounterVec,
     /// Requests refused by the gateway, by model and reason (`bad_request`, `too_large`,
-    /// `queue_full`, `queue_timeout`, `no_worker`, `unauthorized`, `shutting_down`).
+    /// `model_not_found`, `queue_full`, `queue_timeout`, `no_worker`, `unauthorized`,
+    /// `shutting_down`). `model_name` is empty when the model was not known (or not served).
     pub rejections: IntCounterVec,
 }
 
@@ -273,11 +275,11 @@ mod tests {
         assert!(text.contains("caprl_gateway_requests_total{model_name=\"caprl\",outcome=\"success\",streaming=\"false\"} 1"));
         for family in m.registry.gather() {
             assert!(
-                family.get_name().starts_with("caprl_gateway_"),
+                family.name().starts_with("caprl_gateway_"),
                 "{}",
-                family.get_name()
+                family.name()
             );
-            assert!(!family.get_help().is_empty());
+            assert!(!family.help().is_empty());
         }
     }
 }

@@ -103,7 +103,8 @@ impl AppState {
             }
             members.set(fixed);
             tasks.spawn(probe::run(members.clone(), client.clone(), cancel.clone()));
-            let queue = QueueHandle::spawn(members.clone(), metrics.clone(), &tasks);
+            let queue =
+                QueueHandle::spawn(members.clone(), metrics.clone(), &tasks, cancel.clone());
             pools.insert(
                 model,
                 Pool {

@@ -25,7 +25,10 @@ pub async fn completions(
         reject(&state, "", "shutting_down");
         return GatewayError::ShuttingDown.into_response();
     };
-    let req = match body.and_then(|RawBody(bytes)| validate(&state, bytes)) {
+    let mut model_hint = String::new();
+    let req = match body.and_then(|RawBody(bytes)| {
+        validate(&state, bytes.clone()).inspect_err(|_| model_hint = served_model(&state, &bytes))
+    }) {
         Ok(req) => req,
         Err(err) => {
             let reason = match err.status().as_u16() {
@@ -33,7 +36,7 @@ pub async fn completions(
                 413 => "too_large",
                 _ => "bad_request",
             };
-            reject(&state, "", reason);
+            reject(&state, &model_hint, reason);
             tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
             return err.into_response();
         }
@@ -66,9 +69,31 @@ fn validate(state: &AppState, body: bytes::Bytes) -> Result<ValidRequest, Gatewa
             limits: &state.config.limits,
             is_served: &|m| state.pools.contains_key(m),
             keep_image_bytes: &|m| state.pools.get(m).is_some_and(|p| p.in_process),
+            image_rejected: &|format| {
+                let f = format.map_or("unknown", |f| f.as_str());
+                state
+                    .metrics
+                    .images
+                    .with_label_values(&[f, "rejected"])
+                    .inc();
+            },
         },
     )?;
     Ok(req)
+}
+
+/// On the error path only: the request's model when it is one we serve (a bounded label),
+/// else empty.
+fn served_model(state: &AppState, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(body)
+        .ok()
+        .and_then(|p| p.model)
+        .filter(|m| state.pools.contains_key(m))
+        .unwrap_or_default()
 }
 
 fn reject(state: &AppState, model: &str, reason: &str) {

@@ -101,13 +101,13 @@ impl RequestRecord {
             .iter()
             .map(|i| {
                 format!(
-                    "{}:{}x{}:{}B:{}tok:{}",
+                    "{}:{}x{}:{}B:{}tok:{:012x}",
                     i.format.as_str(),
                     i.width,
                     i.height,
                     i.bytes,
                     i.tokens,
-                    &i.hash.to_hex()[..12]
+                    i.hash >> 80
                 )
             })
             .chain((0..req.remote_images).map(|_| "remote".to_string()))

@@ -152,9 +152,9 @@ pub struct Members {
 
 /// The queue's view of one request, for choosing a worker.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteInfo<'a> {
+pub struct RouteInfo {
     pub tokens: u64,
-    pub affinity: Option<&'a [u8; 32]>,
+    pub affinity: Option<u64>,
 }
 
 impl Members {
@@ -199,7 +199,7 @@ impl Members {
 
     /// Pick a worker with room for this request, preferring ones not in `avoid` (workers this
     /// request already failed on). Returns the worker and whether it is a half-open trial.
-    pub fn choose(&self, route: RouteInfo<'_>, avoid: &[String]) -> Option<(Arc<Worker>, bool)> {
+    pub fn choose(&self, route: RouteInfo, avoid: &[String]) -> Option<(Arc<Worker>, bool)> {
         let workers = self.list();
         let now = Instant::now();
         let s = &self.settings;

@@ -117,7 +117,7 @@ mod tests {
         );
         // max_tokens 1000
         assert_eq!(
-            form_batch(&items(now, &[600, 300, 200]), &limits(50), ROOM, now),
+            form_batch(&items(now, &[500, 300, 300]), &limits(50), ROOM, now),
             Decision::Dispatch(2)
         );
         // max_image_tokens 400: 300/2 + 300/2 + 300/2 > 400

@@ -32,7 +32,7 @@ struct Ticket {
     tokens: u64,
     image_tokens: u64,
     priority: i64,
-    affinity: Option<[u8; 32]>,
+    affinity: Option<u64>,
     /// Workers this request already failed on: chosen only if nothing else has room.
     avoid: Vec<String>,
     enqueued: Instant,
@@ -65,9 +65,10 @@ impl QueueHandle {
         members: Arc<Members>,
         metrics: Metrics,
         tasks: &tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> QueueHandle {
         let (tx, rx) = mpsc::channel(members.settings.queue_capacity);
-        tasks.spawn(run(rx, members.clone(), metrics.clone()));
+        tasks.spawn(run(rx, members.clone(), metrics.clone(), cancel));
         QueueHandle {
             tx,
             members,
@@ -97,7 +98,7 @@ impl QueueHandle {
             tokens: req.token_cost(),
             image_tokens: req.image_tokens,
             priority: req.priority,
-            affinity: req.affinity_key().map(|h| *h.as_bytes()),
+            affinity: req.affinity_key(),
             avoid,
             enqueued: now,
             deadline: deadline.min(now + self.members.settings.queue_timeout()),
@@ -123,7 +124,12 @@ fn overloaded(why: &str) -> GatewayError {
 }
 
 /// The actor: owns the waiting line, hands out leases.
-async fn run(mut rx: mpsc::Receiver<Ticket>, members: Arc<Members>, metrics: Metrics) {
+async fn run(
+    mut rx: mpsc::Receiver<Ticket>,
+    members: Arc<Members>,
+    metrics: Metrics,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     let settings = members.settings.clone();
     let model = members.model.clone();
     let limits = BatchLimits {
@@ -157,6 +163,14 @@ async fn run(mut rx: mpsc::Receiver<Ticket>, members: Arc<Members>, metrics: Met
             },
             _ = members.freed.notified() => {}
             _ = tokio::time::sleep_until(wake) => {}
+            // Only after the drain: whoever still waits is told the gateway is stopping.
+            _ = cancel.cancelled() => {
+                for (_, t) in std::mem::take(&mut waiting) {
+                    let _ = t.reply.send(Err(GatewayError::ShuttingDown));
+                }
+                depth.set(0);
+                return;
+            }
         }
         let now = Instant::now();
         expire(&mut waiting, now, &metrics, &model);
@@ -239,7 +253,7 @@ fn dispatch(
         let (&head_key, head) = waiting.iter().next()?;
         let route = RouteInfo {
             tokens: head.tokens,
-            affinity: head.affinity.as_ref(),
+            affinity: head.affinity,
         };
         let Some((worker, trial)) = members.choose(route, &head.avoid) else {
             if members.all_down() {

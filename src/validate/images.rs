@@ -6,17 +6,9 @@
 
 use crate::config::LimitArgs;
 use crate::error::GatewayError;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine;
 use bytes::Bytes;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
-
-/// Standard base64; padding optional, as Python's encoders always pad but some clients strip it.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Qwen2.5-VL: 14-pixel patches merged 2×2, so one visual token per 28×28 pixels.
 pub const IMAGE_FACTOR: u64 = 28;
@@ -75,8 +67,9 @@ pub struct ImageInfo {
     pub height: u32,
     /// Decoded size in bytes.
     pub bytes: usize,
-    /// blake3 of the decoded bytes: the affinity key, and safe to log.
-    pub hash: blake3::Hash,
+    /// xxh3-128 of the decoded bytes: the affinity key, and safe to log. Not cryptographic: a
+    /// crafted collision could only send two images to the same worker.
+    pub hash: u128,
     /// Visual tokens Qwen2.5-VL will spend on it after smart_resize.
     pub tokens: u64,
     /// Time spent decoding base64, reading the header and hashing.
@@ -112,6 +105,18 @@ pub fn check_data_url(
     keep_bytes: bool,
     param: &str,
 ) -> Result<ImageInfo, GatewayError> {
+    check_data_url_sniffed(url, limits, keep_bytes, param, &mut None)
+}
+
+/// [`check_data_url`], also telling the caller the sniffed format when the check fails after
+/// sniffing (for the rejected-images metric).
+pub fn check_data_url_sniffed(
+    url: &str,
+    limits: &ImageLimits,
+    keep_bytes: bool,
+    param: &str,
+    sniffed: &mut Option<ImageFormat>,
+) -> Result<ImageInfo, GatewayError> {
     let started = Instant::now();
     let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
     let rest = url
@@ -145,9 +150,8 @@ pub fn check_data_url(
             Some(param.to_string()),
         ));
     }
-    let data = BASE64
-        .decode(payload)
-        .map_err(|e| invalid(format!("malformed base64 in data URL: {e}")))?;
+    let data = decode_base64(payload)
+        .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
     if data.len() as u64 > limits.max_image_bytes {
         return Err(GatewayError::too_large(
             format!(
@@ -165,6 +169,7 @@ pub fn check_data_url(
         .ok_or_else(|| {
             invalid("the data is not a supported image (png, jpeg, webp, gif, bmp)".into())
         })?;
+    *sniffed = Some(format);
     let (width, height) = image::ImageReader::with_format(Cursor::new(&data), format.to_image())
         .into_dimensions()
         .map_err(|e| invalid(format!("cannot read the {} header: {e}", format.as_str())))?;
@@ -187,7 +192,7 @@ pub fn check_data_url(
             "image aspect ratio {width}x{height} is more than {MAX_ASPECT_RATIO}:1"
         )));
     }
-    let hash = blake3::hash(&data);
+    let hash = xxhash_rust::xxh3::xxh3_128(&data);
     let (rh, rw) = smart_resize(h, w, limits.min_pixels, limits.max_pixels);
     let bytes = data.len();
     Ok(ImageInfo {
@@ -200,6 +205,17 @@ pub fn check_data_url(
         check_time: started.elapsed(),
         data: keep_bytes.then(|| Bytes::from(data)),
     })
+}
+
+/// Standard base64, padding optional, SIMD-decoded.
+fn decode_base64(payload: &str) -> Option<Vec<u8>> {
+    let unpadded = payload.trim_end_matches('=');
+    if payload.len() - unpadded.len() > 2 {
+        return None;
+    }
+    base64_simd::STANDARD_NO_PAD
+        .decode_to_vec(unpadded.as_bytes())
+        .ok()
 }
 
 /// Media types a data URL may declare. The bytes decide the real format: a declared subtype
@@ -261,7 +277,19 @@ mod tests {
     }
 
     fn url(prefix: &str, bytes: &[u8]) -> String {
-        format!("{prefix}{}", BASE64.encode(bytes))
+        use base64::Engine;
+        format!(
+            "{prefix}{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    }
+
+    #[test]
+    fn base64_padding_is_optional() {
+        assert_eq!(decode_base64("aGk="), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64("aGk"), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64("aGk==="), None);
+        assert_eq!(decode_base64("a=Gk"), None);
     }
 
     #[test]
@@ -287,8 +315,7 @@ mod tests {
             let info = check_data_url(&url(prefix, &bytes), &LIMITS, false, "p").expect(prefix);
             assert_eq!(info.format, ImageFormat::Png, "sniffed, not declared");
             assert_eq!((info.width, info.height), (64, 32));
-            assert_eq!(info.hash, blake3::hash(&bytes));
-            // 64x32 -> smart_resize (28, 56)? no: rounds to (28, 56) then min_pixels lifts it.
+            assert_eq!(info.hash, xxhash_rust::xxh3::xxh3_128(&bytes));
             let (rh, rw) = smart_resize(32, 64, 3136, 12_845_056);
             assert_eq!(info.tokens, (rh / 28) * (rw / 28));
             assert!(info.data.is_none());

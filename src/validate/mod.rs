@@ -8,12 +8,11 @@
 pub mod images;
 mod rewrite;
 
-use crate::api::chat::{ChatRequestView, ImageUrlView, MessageView, PartView, ROLES};
+use crate::api::chat::{ChatRequestView, Content, MessageView, PartView, ROLES};
 use crate::config::LimitArgs;
 use crate::error::GatewayError;
 use bytes::Bytes;
 pub use images::{ImageFormat, ImageInfo, ImageLimits};
-use serde_json::value::RawValue;
 
 /// Visual tokens assumed for an `http(s)://` image the gateway does not fetch: Qwen2.5-VL's
 /// tokens for a 1024×1024 image, a typical captioning input.
@@ -56,8 +55,8 @@ impl ValidRequest {
     }
 
     /// The first image's content hash: the affinity key.
-    pub fn affinity_key(&self) -> Option<&blake3::Hash> {
-        self.images.first().map(|i| &i.hash)
+    pub fn affinity_key(&self) -> Option<u64> {
+        self.images.first().map(|i| i.hash as u64)
     }
 }
 
@@ -68,6 +67,8 @@ pub struct ValidateOptions<'a> {
     pub is_served: &'a dyn Fn(&str) -> bool,
     /// Keep decoded image bytes (for in-process engines).
     pub keep_image_bytes: &'a dyn Fn(&str) -> bool,
+    /// Told of each image that failed its checks, with its format when it was sniffed.
+    pub image_rejected: &'a dyn Fn(Option<ImageFormat>),
 }
 
 /// Check a chat completion body.
@@ -79,7 +80,8 @@ pub fn validate_chat(
     let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let param = (path != ".").then_some(path);
+        // serde_path_to_error says "." for the root and "?" where it has no path.
+        let param = (path != "." && path != "?").then_some(path);
         GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
     })?;
     de.end()
@@ -119,14 +121,7 @@ pub fn validate_chat(
     let keep = (opts.keep_image_bytes)(&model);
     let mut scan = Scan::default();
     for (i, message) in messages.iter().enumerate() {
-        scan_message(
-            i,
-            message,
-            &limits,
-            keep,
-            opts.limits.max_images_per_request,
-            &mut scan,
-        )?;
+        scan_message(i, message, &limits, keep, opts, &mut scan)?;
     }
 
     let stream = view.stream.unwrap_or(false);
@@ -147,11 +142,16 @@ pub fn validate_chat(
     // started with priority scheduling), and a stream without usage gets it asked for.
     let strip_priority = view.priority.is_some();
     let add_usage = stream && !client_wants_usage;
+    let has_stream_options = view.stream_options.is_some();
     drop(view);
-    let body = if strip_priority || add_usage {
-        rewrite::rewrite_body(&body, strip_priority, add_usage)?
-    } else {
-        body
+    let body = match (strip_priority, add_usage) {
+        (false, false) => body,
+        // The common streaming case: one prepended field, no re-serialization.
+        (false, true) if !has_stream_options => match rewrite::prepend_usage(&body) {
+            Some(b) => b,
+            None => rewrite::rewrite_body(&body, false, true)?,
+        },
+        _ => rewrite::rewrite_body(&body, strip_priority, add_usage)?,
     };
 
     Ok(ValidRequest {
@@ -180,7 +180,7 @@ fn scan_message(
     message: &MessageView<'_>,
     limits: &ImageLimits,
     keep: bool,
-    max_images: usize,
+    opts: &ValidateOptions<'_>,
     scan: &mut Scan,
 ) -> Result<(), GatewayError> {
     let role = message.role.as_deref().ok_or_else(|| {
@@ -198,30 +198,20 @@ fn scan_message(
             Some(format!("messages[{i}].role")),
         ));
     }
-    let Some(content) = message.content else {
+    match &message.content {
         // Assistant messages with tool calls may have no content.
-        return Ok(());
-    };
-    let raw = content.get();
-    match raw.as_bytes().first() {
-        Some(b'"') => {
-            scan.text_bytes += raw.len() as u64;
+        Content::None => Ok(()),
+        Content::Text(len) => {
+            scan.text_bytes += *len as u64;
             Ok(())
         }
-        Some(b'n') => Ok(()), // null
-        Some(b'[') => {
-            let parts: Vec<PartView<'_>> = serde_json::from_str(raw).map_err(|e| {
-                GatewayError::invalid(
-                    format!("malformed content array: {e}"),
-                    Some(format!("messages[{i}].content")),
-                )
-            })?;
+        Content::Parts(parts) => {
             for (j, part) in parts.iter().enumerate() {
-                scan_part(i, j, part, limits, keep, max_images, scan)?;
+                scan_part(i, j, part, limits, keep, opts, scan)?;
             }
             Ok(())
         }
-        _ => Err(GatewayError::invalid(
+        Content::Invalid => Err(GatewayError::invalid(
             "`content` must be a string or an array of content parts",
             Some(format!("messages[{i}].content")),
         )),
@@ -234,29 +224,34 @@ fn scan_part(
     part: &PartView<'_>,
     limits: &ImageLimits,
     keep: bool,
-    max_images: usize,
+    opts: &ValidateOptions<'_>,
     scan: &mut Scan,
 ) -> Result<(), GatewayError> {
+    let max_images = opts.limits.max_images_per_request;
     let param = || format!("messages[{i}].content[{j}]");
     match part.kind.as_ref() {
         "text" => {
-            let text = part.text.as_deref().ok_or_else(|| {
+            let text = part.text.ok_or_else(|| {
                 GatewayError::invalid(
                     "a text part needs `text`",
                     Some(format!("{}.text", param())),
                 )
             })?;
-            scan.text_bytes += text.len() as u64;
+            scan.text_bytes += text.0 as u64;
             Ok(())
         }
         "image_url" => {
             let param = format!("{}.image_url", param());
-            let raw = part.image_url.ok_or_else(|| {
-                GatewayError::invalid("an image_url part needs `image_url`", Some(param.clone()))
-            })?;
-            let url = parse_image_url(raw).map_err(|e| {
-                GatewayError::invalid(format!("malformed image_url: {e}"), Some(param.clone()))
-            })?;
+            let url = &part
+                .image_url
+                .as_ref()
+                .ok_or_else(|| {
+                    GatewayError::invalid(
+                        "an image_url part needs `image_url`",
+                        Some(param.clone()),
+                    )
+                })?
+                .0;
             if scan.images.len() + scan.remote_images >= max_images {
                 return Err(GatewayError::too_large(
                     format!("more than {max_images} images in one request"),
@@ -266,8 +261,14 @@ fn scan_part(
             let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
             match scheme.as_deref() {
                 Some("data") => {
-                    let info = images::check_data_url(&url, limits, keep, &param)?;
-                    scan.images.push(info);
+                    let mut sniffed = None;
+                    match images::check_data_url_sniffed(url, limits, keep, &param, &mut sniffed) {
+                        Ok(info) => scan.images.push(info),
+                        Err(e) => {
+                            (opts.image_rejected)(sniffed);
+                            return Err(e);
+                        }
+                    }
                 }
                 Some("http" | "https") => scan.remote_images += 1,
                 _ => {
@@ -283,14 +284,6 @@ fn scan_part(
             format!("unsupported content part type `{other}`; expected `text` or `image_url`"),
             Some(format!("{}.type", param())),
         )),
-    }
-}
-
-fn parse_image_url(raw: &RawValue) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
-    if raw.get().starts_with('"') {
-        serde_json::from_str(raw.get())
-    } else {
-        serde_json::from_str::<ImageUrlView<'_>>(raw.get()).map(|v| v.url)
     }
 }
 

@@ -51,6 +51,20 @@ pub fn rewrite_body(
     Ok(Bytes::from(out))
 }
 
+/// Ask for the usage chunk by prepending the field: one copy, no scan. Only valid when the
+/// body has no `stream_options` (a duplicate key would be ambiguous) and is a non-empty object.
+pub fn prepend_usage(body: &[u8]) -> Option<Bytes> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    const FIELD: &[u8] = br#"{"stream_options":{"include_usage":true},"#;
+    let mut out = Vec::with_capacity(body.len() + FIELD.len());
+    out.extend_from_slice(FIELD);
+    out.extend_from_slice(&body[start + 1..]);
+    Some(Bytes::from(out))
+}
+
 /// A JSON object as ordered (key, raw value) pairs.
 struct RawObject<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
 
@@ -95,6 +109,16 @@ mod tests {
         assert!(std::str::from_utf8(&out)
             .expect("utf-8")
             .contains(r#""hi \u00e9""#));
+    }
+
+    #[test]
+    fn prepends_usage_without_rewriting() {
+        let body = br#" {"model":"caprl","stream":true,"messages":[]}"#;
+        let out = prepend_usage(body).expect("an object");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "caprl");
+        assert!(prepend_usage(b"[1]").is_none());
     }
 
     #[test]

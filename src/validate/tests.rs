@@ -12,6 +12,7 @@ fn run(body: &str) -> Result<ValidRequest, GatewayError> {
         limits: &limits,
         is_served: &|m| m == "caprl",
         keep_image_bytes: &|_| false,
+        image_rejected: &|_| {},
     };
     validate_chat(Bytes::from(body.to_string()), &opts)
 }

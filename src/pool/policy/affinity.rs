@@ -8,11 +8,10 @@
 
 use super::{least_outstanding, WorkerSnapshot};
 
-pub fn affinity(workers: &[WorkerSnapshot], key: Option<&[u8; 32]>) -> Option<usize> {
+pub fn affinity(workers: &[WorkerSnapshot], key: Option<u64>) -> Option<usize> {
     let Some(key) = key else {
         return least_outstanding(workers);
     };
-    let key = u64::from_le_bytes(key[..8].try_into().expect("8 bytes of 32; this is a bug"));
     let owner = workers
         .iter()
         .filter(|w| w.available)
@@ -48,17 +47,17 @@ mod tests {
             .collect()
     }
 
-    fn key(i: u32) -> [u8; 32] {
-        *blake3::hash(&i.to_le_bytes()).as_bytes()
+    fn key(i: u32) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())
     }
 
     #[test]
     fn same_key_same_worker() {
         let ws = pool(4);
         let k = key(7);
-        let first = affinity(&ws, Some(&k));
+        let first = affinity(&ws, Some(k));
         for _ in 0..10 {
-            assert_eq!(affinity(&ws, Some(&k)), first);
+            assert_eq!(affinity(&ws, Some(k)), first);
         }
     }
 
@@ -67,7 +66,7 @@ mod tests {
         let ws = pool(4);
         let mut counts = [0usize; 4];
         for i in 0..4000 {
-            counts[affinity(&ws, Some(&key(i))).expect("some")] += 1;
+            counts[affinity(&ws, Some(key(i))).expect("some")] += 1;
         }
         for c in counts {
             assert!((800..1200).contains(&c), "{counts:?}");
@@ -81,8 +80,8 @@ mod tests {
         fewer[2].available = false;
         let mut moved = 0;
         for i in 0..4000 {
-            let before = affinity(&ws, Some(&key(i))).expect("some");
-            let after = affinity(&fewer, Some(&key(i))).expect("some");
+            let before = affinity(&ws, Some(key(i))).expect("some");
+            let after = affinity(&fewer, Some(key(i))).expect("some");
             if before != after {
                 moved += 1;
                 assert_eq!(before, 2, "only the removed worker's keys move");
@@ -95,12 +94,12 @@ mod tests {
     fn saturated_owner_falls_back_to_least_outstanding() {
         let mut ws = pool(3);
         let k = key(1);
-        let owner = affinity(&ws, Some(&k)).expect("some");
+        let owner = affinity(&ws, Some(k)).expect("some");
         ws[owner].has_room = false;
         ws[owner].in_flight = 50;
         let other = (owner + 1) % 3;
         ws[other].in_flight = 1;
-        let fallback = affinity(&ws, Some(&k)).expect("some");
+        let fallback = affinity(&ws, Some(k)).expect("some");
         assert_ne!(fallback, owner);
         assert_ne!(fallback, other, "least outstanding of the rest");
         assert_eq!(affinity(&ws, None), Some(fallback));

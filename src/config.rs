@@ -30,7 +30,7 @@ pub enum Command {
 }
 
 /// Everything `caprl-gateway serve` takes.
-#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
     /// Read settings from this TOML file; flags and environment variables override it.
@@ -336,19 +336,6 @@ macro_rules! defaults_from_clap {
 }
 defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs);
 
-impl Default for ServeArgs {
-    fn default() -> Self {
-        ServeArgs {
-            config: None,
-            server: ServerArgs::default(),
-            limits: LimitArgs::default(),
-            pool: PoolArgs::default(),
-            engine: EngineArgs::default(),
-            pools: BTreeMap::new(),
-        }
-    }
-}
-
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {field}: {message}")]
@@ -536,15 +523,15 @@ impl PoolArgs {
             ("dns_refresh_secs", self.dns_refresh_secs),
         ];
         for (name, value) in positive {
-            // `!(x > 0)` also catches NaN.
-            if !(value > 0.0) || !value.is_finite() {
+            // NaN fails `is_finite`.
+            if !value.is_finite() || value <= 0.0 {
                 return Err(config_error(
                     format!("{section}.{name}"),
                     "must be positive",
                 ));
             }
         }
-        if !(self.queue_timeout_secs >= 0.0) {
+        if !self.queue_timeout_secs.is_finite() || self.queue_timeout_secs < 0.0 {
             return Err(config_error(
                 format!("{section}.queue_timeout_secs"),
                 "must be zero or more",

@@ -1,39 +1,164 @@
-//! The in-process Qwen2.5-VL engine (feature `candle`). Interface only for now: the engine
-//! itself lands with its own issue.
+//! The in-process Qwen2.5-VL engine (feature `candle`), behind the same [`Upstream`] an HTTP
+//! worker answers with.
+//!
+//! [`EngineHandle::load`] loads the model directory on the configured device and dtype and
+//! starts `caprl_engine`'s scheduler thread. [`EngineHandle::submit`] reads the validated body
+//! for the engine ([`params`]), hands it the image bytes validation kept, and answers with a
+//! body that streams exactly what vLLM would send ([`wire`]); a bad parameter is a 400 with an
+//! OpenAI error body, as from vLLM. The relay (`crate::http::relay`) then treats the answer
+//! as any worker's; a client that hangs up drops the body and so cancels the sequence.
+
+mod params;
+mod wire;
 
 use super::{SendError, Upstream};
-use crate::config::EngineArgs;
+use crate::config::{EngineArgs, EngineDtype};
+use crate::error::GatewayError;
 use crate::validate::ValidRequest;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use caprl_engine::engine::{
+    parse_device, DType, EngineConfig, EngineHandle as Engine, EngineMetrics, GenerateRequest,
+    SubmitError,
+};
+use caprl_engine::model::Qwen25VL;
+use caprl_engine::processor;
+use caprl_engine::prompt::PromptBuilder;
+use caprl_engine::sampling::SamplingDefaults;
+use caprl_engine::scheduler::SchedulerConfig;
+use futures::StreamExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A cloneable handle on a running engine.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    _private: (),
+    engine: Engine,
 }
 
 impl EngineHandle {
     /// Load a Hugging Face model directory and start the engine's scheduler.
     pub fn load(
         dir: &Path,
-        _args: &EngineArgs,
-        _served_model_name: &str,
-        _registry: &prometheus::Registry,
+        args: &EngineArgs,
+        served_model_name: &str,
+        registry: &prometheus::Registry,
     ) -> anyhow::Result<EngineHandle> {
-        anyhow::bail!(
-            "{}: the candle engine is not available in this build yet",
-            dir.display()
-        )
+        let device = parse_device(&args.device)?;
+        let dtype = match args.dtype {
+            EngineDtype::F32 => DType::F32,
+            EngineDtype::Bf16 => DType::BF16,
+            EngineDtype::F16 => DType::F16,
+        };
+        let model = Qwen25VL::load(dir, &device, dtype)?;
+        let merge = model.spatial_merge_size();
+        let pre = model.preprocessor_config().clone();
+        let max_position = model.config().text.max_position_embeddings;
+        let mut defaults = SamplingDefaults::from_model_dir(dir, args.use_generation_config)?;
+        if defaults.eos_token_ids.is_empty() {
+            defaults.eos_token_ids = model.eos_token_ids();
+        }
+        let prompts = PromptBuilder::from_model_dir(dir, merge)?;
+        let images = Arc::new(move |bytes: &[u8]| {
+            let img = processor::decode_image(bytes)?;
+            processor::preprocess(&img, &pre)
+        });
+        let cfg = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_sequences: args.max_sequences.max(1),
+                step_token_budget: args.step_token_budget.max(1),
+                kv_cache_tokens: args.kv_cache_tokens,
+            },
+            max_model_len: max_position.min(args.kv_cache_tokens),
+            defaults,
+        };
+        let metrics = match EngineMetrics::register(registry, served_model_name) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, model = served_model_name, "engine metrics not registered");
+                EngineMetrics::new(served_model_name)?
+            }
+        };
+        tracing::info!(dir = %dir.display(), device = %args.device, ?dtype, ?cfg, "candle engine loaded");
+        let engine = Engine::start(model, prompts, images, cfg, Arc::new(metrics))?;
+        Ok(EngineHandle { engine })
     }
 
     /// Start one request; the answer streams as the engine produces it.
-    pub fn submit(&self, _req: &ValidRequest, _request_id: &str) -> Result<Upstream, SendError> {
-        Err(SendError {
-            error: crate::error::GatewayError::Internal(
-                "the candle engine is not available".into(),
-            ),
-            retryable: false,
-            worker_fault: true,
+    pub fn submit(&self, req: &ValidRequest, request_id: &str) -> Result<Upstream, SendError> {
+        let p = match params::parse(&req.body) {
+            Ok(p) => p,
+            Err(e) => return Ok(error_upstream(&e)),
+        };
+        if req.remote_images > 0 {
+            let e = GatewayError::invalid(
+                "the in-process engine takes images as data URLs only",
+                Some("messages".to_string()),
+            );
+            return Ok(error_upstream(&e));
+        }
+        let images = req
+            .images
+            .iter()
+            .map(|i| i.data.clone())
+            .collect::<Option<Vec<Bytes>>>()
+            .ok_or_else(|| SendError {
+                error: GatewayError::Internal("image bytes were not kept for the engine".into()),
+                retryable: false,
+                worker_fault: false,
+            })?;
+        let request = GenerateRequest {
+            messages: p.messages,
+            images,
+            sampling: p.sampling,
+        };
+        // Image preprocessing and tokenization are CPU work: on a multi-threaded runtime, let
+        // tokio move this worker's other tasks elsewhere while it runs.
+        let on_multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let prepared = if on_multi_thread {
+            tokio::task::block_in_place(|| self.engine.generate(request))
+        } else {
+            self.engine.generate(request)
+        };
+        let generation = match prepared {
+            Ok(g) => g,
+            Err(SubmitError::Invalid { message, param }) => {
+                let e = GatewayError::invalid(message, param.map(str::to_string));
+                return Ok(error_upstream(&e));
+            }
+            Err(SubmitError::Stopped) => {
+                return Err(SendError {
+                    error: GatewayError::BadGateway("the engine has stopped".into()),
+                    retryable: true,
+                    worker_fault: true,
+                })
+            }
+        };
+        let head = wire::Head {
+            id: format!("chatcmpl-{request_id}"),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: req.model.clone(),
+        };
+        let body = if p.stream {
+            wire::sse_body(head, generation, p.include_usage)
+        } else {
+            wire::json_body(head, generation)
+        };
+        Ok(Upstream {
+            status: StatusCode::OK,
+            body,
         })
+    }
+}
+
+/// A client error as the worker's answer: its status and OpenAI error body.
+fn error_upstream(e: &GatewayError) -> Upstream {
+    let body = serde_json::to_vec(&e.envelope()).unwrap_or_default();
+    Upstream {
+        status: e.status(),
+        body: futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed(),
     }
 }

@@ -1,0 +1,111 @@
+//! Decode throughput and prefill latency of the Candle engine on a mid-size random model.
+//!
+//! Make the model once with
+//! `.venv-fixture/bin/python scripts/fixtures/make_tiny_qwen25vl.py --bench /tmp/bench-model`,
+//! then `cargo bench -p caprl-engine --bench decode -- /tmp/bench-model [cpu|cuda:0] [f32|bf16]`
+//! (or set `CAPRL_BENCH_MODEL`). Prints a table: decode tokens/s at batch 1, 4, 8 and 16
+//! (the model's batched `decode`, one prefilled sequence per slot), then prefill time per
+//! image size (vision tower + prompt).
+
+use anyhow::{Context, Result};
+use caprl_engine::backend::{PromptInput, StepModel};
+use caprl_engine::engine::{parse_device, DType};
+use caprl_engine::model::Qwen25VL;
+use caprl_engine::processor;
+use caprl_engine::prompt::{Content, Message, Part, PromptBuilder};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const DECODE_STEPS: usize = 32;
+const BATCHES: &[usize] = &[1, 4, 8, 16];
+const IMAGE_SIZES: &[(u32, u32)] = &[(224, 224), (448, 448), (672, 504), (896, 896)];
+
+fn png(width: u32, height: u32) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 13 % 256) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let dir = args
+        .first()
+        .cloned()
+        .or_else(|| std::env::var("CAPRL_BENCH_MODEL").ok())
+        .map_or_else(|| PathBuf::from("/tmp/bench-model"), PathBuf::from);
+    if !dir.join("config.json").exists() {
+        println!(
+            "no bench model at {}; see engine/benches/decode.rs to make one",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let device = parse_device(args.get(1).map_or("cpu", String::as_str))?;
+    let dtype = match args.get(2).map(String::as_str) {
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        _ => DType::F32,
+    };
+    let mut model = Qwen25VL::load(&dir, &device, dtype).context("loading the bench model")?;
+    let prompts = PromptBuilder::from_model_dir(&dir, model.spatial_merge_size())?;
+    let text = prompts.build(
+        &[Message::text(
+            "user",
+            "Please describe the image in detail.",
+        )],
+        Vec::new(),
+    )?;
+    println!("model {} on {device:?} {dtype:?}", dir.display());
+    println!("{:>8} {:>12} {:>12}", "batch", "step ms", "tokens/s");
+    for &batch in BATCHES {
+        let mut states = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            states.push(model.prefill(&text.input)?.0);
+        }
+        let tokens = vec![42u32; batch];
+        // One warm-up step, then the timed ones.
+        let mut refs: Vec<&mut _> = states.iter_mut().collect();
+        model.decode(&mut refs, &tokens)?;
+        let t = Instant::now();
+        for _ in 0..DECODE_STEPS {
+            model.decode(&mut refs, &tokens)?;
+        }
+        let per_step = t.elapsed().as_secs_f64() / DECODE_STEPS as f64;
+        println!(
+            "{batch:>8} {:>12.2} {:>12.1}",
+            per_step * 1e3,
+            batch as f64 / per_step
+        );
+    }
+    println!("\n{:>12} {:>10} {:>12}", "image", "tokens", "prefill ms");
+    for &(w, h) in IMAGE_SIZES {
+        let img = processor::decode_image(&png(w, h)?)?;
+        let processed = processor::preprocess(&img, model.preprocessor_config())?;
+        let msg = Message {
+            role: "user".into(),
+            content: Content::Parts(vec![Part::Image, Part::Text("Describe.".into())]),
+        };
+        let built = prompts.build(&[msg], vec![processed])?;
+        let input: PromptInput = built.input;
+        model.prefill(&input)?;
+        let t = Instant::now();
+        model.prefill(&input)?;
+        println!(
+            "{:>12} {:>10} {:>12.1}",
+            format!("{w}x{h}"),
+            input.input_ids.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}

@@ -20,7 +20,7 @@ cargo test --workspace -- --test-threads 2
 step "end-to-end: openai client and curl"
 if [ ! -x .venv-e2e/bin/python ]; then python3 -m venv .venv-e2e; fi
 .venv-e2e/bin/pip install -q -r tests/e2e/requirements.txt
-CAPRL_BIN_DIR="$PWD/target/debug" .venv-e2e/bin/python -m pytest tests/e2e -q
+CAPRL_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" .venv-e2e/bin/python -m pytest tests/e2e -q
 
 step "deployment checks"
 bash scripts/ci/check-deploy.sh

@@ -18,7 +18,8 @@ pub struct ProcessedImage {
 impl ProcessedImage {
     /// Tokens this image occupies in the prompt after the 2x2 merge.
     pub fn tokens(&self, spatial_merge_size: usize) -> usize {
-        self.grid_thw[0] * self.grid_thw[1] * self.grid_thw[2] / (spatial_merge_size * spatial_merge_size)
+        self.grid_thw[0] * self.grid_thw[1] * self.grid_thw[2]
+            / (spatial_merge_size * spatial_merge_size)
     }
 }
 

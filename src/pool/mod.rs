@@ -236,12 +236,17 @@ impl Members {
             }
             PolicyKind::Affinity => policy::affinity(snaps, route.affinity),
         };
-        let preferred: Vec<WorkerSnapshot> = snaps
-            .iter()
-            .copied()
-            .filter(|sn| !avoid.iter().any(|a| *a == workers[sn.index].url))
-            .collect();
-        let index = pick(&preferred).or_else(|| pick(&snaps))?;
+        // Only a retried request has workers to avoid; the first try picks from all at once.
+        let index = if avoid.is_empty() {
+            pick(&snaps)?
+        } else {
+            let preferred: Vec<WorkerSnapshot> = snaps
+                .iter()
+                .copied()
+                .filter(|sn| !avoid.iter().any(|a| *a == workers[sn.index].url))
+                .collect();
+            pick(&preferred).or_else(|| pick(&snaps))?
+        };
         let trial = trials[index];
         if trial {
             workers[index].health.start_trial();

@@ -40,6 +40,10 @@ pub struct Behaviour {
     /// Tokens generated when the request names no max_tokens.
     #[arg(long, default_value_t = 16)]
     pub default_max_tokens: u64,
+    /// Answer 500 to a request with an `http(s)` image URL, as vLLM does when it cannot fetch
+    /// it ("Cannot connect to host"): a request-caused 5xx from a worker that is up.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub fail_remote_images: bool,
 }
 
 impl Default for Behaviour {
@@ -51,6 +55,7 @@ impl Default for Behaviour {
             fail_status: 500,
             healthy: true,
             default_max_tokens: 16,
+            fail_remote_images: false,
         }
     }
 }
@@ -226,6 +231,17 @@ fn error(status: StatusCode, message: &str, kind: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The first `http(s)` image URL of the request's messages.
+fn remote_image_url(req: &Value) -> Option<&str> {
+    req.get("messages")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("content")?.as_array())
+        .flatten()
+        .filter_map(|p| p.pointer("/image_url/url")?.as_str())
+        .find(|u| u.starts_with("http://") || u.starts_with("https://"))
+}
+
 /// Elide data URLs so the stats stay small and never echo image bytes.
 fn elide(v: &mut Value) {
     match v {
@@ -274,6 +290,18 @@ async fn chat(
     }
     if b.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
+    }
+    if b.fail_remote_images {
+        if let Some(url) = remote_image_url(&req) {
+            w.0.counters.failed.fetch_add(1, Ordering::Relaxed);
+            track.done();
+            let host = url.split('/').nth(2).unwrap_or_default();
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("Cannot connect to host {host} ssl:default [Connect call failed]"),
+                "InternalServerError",
+            );
+        }
     }
     if b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate {
         w.0.counters.failed.fetch_add(1, Ordering::Relaxed);

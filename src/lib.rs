@@ -3,19 +3,26 @@
 //! # The path of one request
 //! ```text
 //! POST /v1/chat/completions
-//!  ① http/        middleware: request id, span, metrics; API key; body limit (extract.rs)
+//!  ① http/        middleware: request id, span, metrics; API key; body limit (mod.rs); the
+//!                 handler (chat.rs) owns what is HTTP: the record, the drain guard
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
 //!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
-//!  ③ queue/       the model's admission queue: waits for a worker with room, 429 past its
-//!                 bounds, hands out batches (batch.rs: the rule, a pure function)
-//!  ④ pool/        which worker (policy/: one file per policy), a Lease on it released on
-//!                 Drop, health (probes + passive ejection), discovery (static, DNS)
-//!  ⑤ worker/      http.rs: forward to vLLM or any OpenAI-compatible server;
-//!                 candle/: the in-process Qwen2.5-VL engine
-//!  ⑥ http/relay   the answer back: whole, or SSE events relayed one by one
-//!  ⑦ metrics.rs   every metric named once; error.rs: one error enum, one OpenAI envelope
+//!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the
+//!                 first byte, report each worker's outcome to ⑤; imports nothing from http/
+//!  ④ queue/       the model's admission queue: waits for a worker with room, 429 past its
+//!                 bounds, grants leases in priority and arrival order
+//!  ⑤ pool/        which worker (policy/: one file per policy), a Lease on it released on
+//!                 Drop, health (probes, gateway-failure ejection, failure-rate outliers),
+//!                 discovery (static, DNS)
+//!  ⑥ worker/      one seam, Backend::send -> a JSON document or typed chunks:
+//!                 http.rs (vLLM or any OpenAI server; SSE decoded there), candle/ (the
+//!                 in-process engine; chunks built from its events, no SSE text)
+//!  ⑦ http/relay   the answer back: whole, or chunks framed as SSE; TTFT; hidden usage
+//!  ⑧ metrics.rs   every metric named once; error.rs: one error enum, one OpenAI envelope
 //! ```
-//! A failure before the worker's first byte goes back to ③ for another worker (`http/chat.rs`).
+//! `http/chat.rs` validates (②) and hands the request to ③, which drives ④–⑥ and returns the
+//! worker's answer head with its lease; the handler relays it (⑦). Anything else that sends
+//! requests as a client would (the batch runner, the cache) calls ③ the same way.
 //!
 //! # Modules
 //! - [`config`]: the clap/TOML configuration, validated at start-up.
@@ -25,6 +32,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod fake_worker;
 pub mod http;

@@ -11,17 +11,45 @@ use crate::shutdown::Drain;
 use crate::worker::{self, Backend};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// One served model.
+/// One served model: its workers, its admission queue, and what sending to them needs.
 #[derive(Debug)]
 pub struct Pool {
     pub members: Arc<Members>,
     pub queue: QueueHandle,
     /// Its workers run in this process and need decoded image bytes.
     pub in_process: bool,
+    /// The HTTP client every worker shares (a cheap clone of one connection pool).
+    client: reqwest::Client,
+    metrics: Metrics,
+}
+
+impl Pool {
+    /// The whole request's time limit, from its arrival.
+    pub fn request_timeout(&self) -> Duration {
+        self.members.settings.request_timeout()
+    }
+
+    /// Longest wait for a worker's response head.
+    pub fn first_byte_timeout(&self) -> Duration {
+        self.members.settings.first_byte_timeout()
+    }
+
+    /// Other workers a request may be tried on after a failure before any byte.
+    pub fn max_retries(&self) -> u32 {
+        self.members.settings.max_retries
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 #[derive(Debug)]
@@ -111,6 +139,8 @@ impl AppState {
                     members,
                     queue,
                     in_process,
+                    client: client.clone(),
+                    metrics: metrics.clone(),
                 },
             );
         }
@@ -144,7 +174,7 @@ fn candle_worker(
     policy: HealthPolicy,
     metrics: &Metrics,
 ) -> anyhow::Result<Worker> {
-    let handle = worker::candle::EngineHandle::load(dir, &config.engine, model, &metrics.registry)?;
+    let handle = worker::candle::CandleWorker::load(dir, &config.engine, model, &metrics.registry)?;
     Ok(Worker::new(
         format!("candle:{}", dir.display()),
         model.to_string(),

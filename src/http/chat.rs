@@ -1,15 +1,15 @@
-//! `POST /v1/chat/completions`: validate, wait in the model's queue for a worker, send, and
-//! relay the answer. A failure before any response byte is retried on another worker (up to
-//! `max_retries`, within the request's deadline); after that it is the client's to see.
+//! `POST /v1/chat/completions`: validate, hand the request to the driver
+//! ([`crate::dispatch::send_with_failover`]: queue, worker, failover), and relay the answer.
+//! The handler owns what is HTTP about the request: its id, its log record, the drain guard.
 
 use super::extract::RawBody;
 use super::middleware::RequestId;
 use super::record::{Outcome, RequestRecord};
-use super::relay;
+use super::relay::{self, Guards};
+use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
-use crate::state::{AppState, Pool};
+use crate::state::AppState;
 use crate::validate::{validate_chat, ValidRequest, ValidateOptions};
-use crate::worker::{self, Backend, SendError, Upstream};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -46,18 +46,16 @@ pub async fn completions(
         .get(&req.model)
         .expect("validation only passes served models; this is a bug");
     let mut record = RequestRecord::new(&state, &id, &req, started);
-    let deadline = started + pool.members.settings.request_timeout();
-    match dispatch(&state, pool, &req, &id, deadline, &mut record).await {
+    let deadline = started + pool.request_timeout();
+    match send_with_failover(pool, &req, id.as_str(), deadline).await {
         Ok((upstream, lease)) => {
-            if req.stream {
-                relay::stream(upstream, req, record, deadline, (lease, in_flight))
-            } else {
-                relay::whole(upstream, &req, record, deadline, &lease).await
-            }
+            record.worker = Some(lease.worker().url.clone());
+            relay::respond(upstream, req, record, deadline, Guards { lease, in_flight }).await
         }
-        Err(err) => {
-            record.finish(err.status(), Outcome::from_error(&err), None);
-            err.into_response()
+        Err(Failed { error, worker }) => {
+            record.worker = worker;
+            record.finish(error.status(), Outcome::from_error(&error), None);
+            error.into_response()
         }
     }
 }
@@ -102,76 +100,4 @@ fn reject(state: &AppState, model: &str, reason: &str) {
         .rejections
         .with_label_values(&[model, reason])
         .inc();
-}
-
-/// Admit, send, and fail over: the worker's response head and the lease that holds its slot.
-async fn dispatch(
-    state: &AppState,
-    pool: &Pool,
-    req: &ValidRequest,
-    id: &RequestId,
-    deadline: Instant,
-    record: &mut RequestRecord,
-) -> Result<(Upstream, crate::pool::Lease), GatewayError> {
-    let settings = &pool.members.settings;
-    let mut avoid: Vec<String> = Vec::new();
-    let mut attempt = 0;
-    loop {
-        let lease = pool.queue.admit(req, avoid.clone(), deadline).await?;
-        let worker = lease.worker().clone();
-        record.worker = Some(worker.url.clone());
-        let result = match &worker.backend {
-            Backend::Http { base } => {
-                worker::http::send(
-                    &state.client,
-                    base,
-                    req,
-                    id.as_str(),
-                    settings.first_byte_timeout(),
-                    deadline,
-                )
-                .await
-            }
-            #[cfg(feature = "candle")]
-            Backend::Candle(engine) => engine.submit(req, id.as_str()),
-        };
-        let labels = [pool.members.model.as_str(), worker.url.as_str()];
-        match result {
-            Ok(upstream) => {
-                let code = upstream.status.as_u16().to_string();
-                state
-                    .metrics
-                    .worker_responses
-                    .with_label_values(&[labels[0], labels[1], &code])
-                    .inc();
-                worker.record_outcome(false);
-                return Ok((upstream, lease));
-            }
-            Err(SendError {
-                error,
-                retryable,
-                worker_fault,
-            }) => {
-                let code = match &error {
-                    GatewayError::WorkerStatus { status, .. } => status.as_u16().to_string(),
-                    _ => "error".to_string(),
-                };
-                state
-                    .metrics
-                    .worker_responses
-                    .with_label_values(&[labels[0], labels[1], &code])
-                    .inc();
-                worker.record_outcome(worker_fault);
-                drop(lease);
-                attempt += 1;
-                if !retryable || attempt > settings.max_retries || Instant::now() >= deadline {
-                    tracing::warn!(request_id = %id, worker = %worker.url, error = %error, attempt, "worker failed");
-                    return Err(error);
-                }
-                tracing::info!(request_id = %id, worker = %worker.url, error = %error, attempt, "worker failed before any byte; retrying on another");
-                state.metrics.retries.with_label_values(&[labels[0]]).inc();
-                avoid.push(worker.url.clone());
-            }
-        }
-    }
 }

@@ -125,10 +125,6 @@ impl RequestRecord {
         }
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     pub fn started(&self) -> Instant {
         self.started
     }

@@ -3,17 +3,44 @@
 //!
 //! - Probes: `unhealthy_threshold` failures in a row mark a worker down, `healthy_threshold`
 //!   passes bring it back. A worker starts `Unknown` and counts as down until its first pass.
-//! - Passive: `eject_after_failures` connection errors, timeouts or 5xx in a row eject it for a
-//!   backoff that doubles with each ejection in a row (up to a maximum). When the backoff ends
-//!   the worker is half-open: one trial request; success closes it, failure ejects it again.
-//!   A client's 4xx is a success here: it says nothing bad about the worker.
+//! - Passive, gateway failures: `eject_after_failures` connection errors, timeouts, 502, 503 or
+//!   504 in a row (`worker::Fault::Worker`) eject it for a backoff that doubles with each
+//!   ejection in a row (up to a maximum). When the backoff ends the worker is half-open: one
+//!   trial request; success closes it, failure ejects it again. A client's 4xx is a success
+//!   here: it says nothing bad about the worker.
+//! - Passive, request failures: a 500 or 501 from a worker that answers (`Fault::Request`) is
+//!   about the request (an image URL the worker could not fetch, a data URL it cannot read),
+//!   so it never counts towards the run above: one client repeating a poison request must not
+//!   eject healthy workers. A worker that fails *everything* is caught by its failure rate
+//!   instead (outlier detection): over its recent answers ([`OUTLIER_WINDOW`], at most
+//!   [`OUTLIER_SAMPLES`]), at least [`OUTLIER_MIN_DISTINCT`] *distinct* requests failed and
+//!   they are at least [`OUTLIER_FAILURE_RATE`] of its answers, while its peers, having
+//!   answered enough to judge, fail far less (`Members::report` makes that comparison). A
+//!   worker alone in its pool has only its own answers: there a client that sends mostly
+//!   distinct failing requests, and little else reaches the worker, can still eject it.
 //!
 //! The state sits behind a `std::sync::Mutex`: held for a few field updates, never across an
 //! await.
 
 use crate::config::PoolArgs;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// How far back outlier detection looks: long enough to see a handful of distinct requests on a
+/// quiet worker, short enough that an old bad minute is forgotten.
+pub const OUTLIER_WINDOW: Duration = Duration::from_secs(60);
+/// Answers remembered per worker (a ring): the rate is over at most this many.
+pub const OUTLIER_SAMPLES: usize = 32;
+/// Distinct failed requests (by body hash) needed before a worker can be an outlier: one
+/// client sending the same poison request again and again is one request, however often.
+pub const OUTLIER_MIN_DISTINCT: usize = 5;
+/// Share of a worker's recent answers that must be request failures for it to be an outlier:
+/// a worker that serves most requests well is not broken, whatever some requests do to it.
+pub const OUTLIER_FAILURE_RATE: f64 = 0.8;
+/// When the worker's peers fail at least this share of their answers too, the failures come
+/// from the traffic, not from the worker, and nobody is ejected.
+pub const OUTLIER_PEER_RATE: f64 = 0.4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeState {
@@ -57,6 +84,34 @@ struct State {
     trial_out: bool,
     /// The worker's /v1/models lists the pool's model (false: it serves something else).
     model_ok: bool,
+    /// Its recent answers, newest last: `None` served (any status below 500), `Some(hash)` a
+    /// request failure (`Fault::Request`) of the request with that body hash.
+    recent: VecDeque<(Instant, Option<u64>)>,
+}
+
+/// A worker's recent answers, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecentAnswers {
+    pub answers: usize,
+    pub failures: usize,
+    /// Failures of distinct requests.
+    pub distinct_failures: usize,
+}
+
+impl RecentAnswers {
+    pub fn failure_rate(&self) -> f64 {
+        if self.answers == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.answers as f64
+        }
+    }
+
+    /// Fails enough distinct requests, and most of what it answers, to be suspect on its own.
+    pub fn is_suspect(&self) -> bool {
+        self.distinct_failures >= OUTLIER_MIN_DISTINCT
+            && self.failure_rate() >= OUTLIER_FAILURE_RATE
+    }
 }
 
 /// What a worker may take right now.
@@ -99,6 +154,7 @@ impl Health {
                 ejected_until: None,
                 trial_out: false,
                 model_ok: true,
+                recent: VecDeque::with_capacity(OUTLIER_SAMPLES),
             }),
         }
     }
@@ -179,6 +235,7 @@ impl Health {
     /// A forwarded request went through (any status below 500).
     pub fn record_success(&self) -> Transition {
         let mut s = self.lock();
+        remember(&mut s, Instant::now(), None);
         s.failures = 0;
         if s.ejected_until.take().is_some() {
             s.ejections = 0;
@@ -188,24 +245,85 @@ impl Health {
         Transition::None
     }
 
-    /// A forwarded request failed because of the worker (connect error, timeout, 5xx).
+    /// A forwarded request failed because of the worker (connect error, timeout, 502/503/504).
     pub fn record_failure(&self, now: Instant) -> Transition {
         let mut s = self.lock();
         s.failures += 1;
         let half_open = matches!(s.ejected_until, Some(until) if now >= until);
         if half_open || s.failures >= self.policy.eject_after_failures {
-            let backoff = self
-                .policy
-                .eject_base
-                .saturating_mul(1u32 << s.ejections.min(16))
-                .min(self.policy.eject_max);
-            s.ejections += 1;
-            s.failures = 0;
-            s.ejected_until = Some(now + backoff);
-            return Transition::Ejected(backoff);
+            return self.eject_locked(&mut s, now);
         }
         Transition::None
     }
+
+    /// The worker answered 500/501 to the request with body hash `request`: remembered for the
+    /// failure rate, never counted towards the run of gateway failures. A half-open trial that
+    /// fails this way still ejects again (the trial is the worker's one chance to show it is
+    /// well). Returns what the worker's recent answers now look like.
+    pub fn record_request_failure(
+        &self,
+        now: Instant,
+        request: u64,
+    ) -> (Transition, RecentAnswers) {
+        let mut s = self.lock();
+        remember(&mut s, now, Some(request));
+        let half_open = matches!(s.ejected_until, Some(until) if now >= until);
+        if half_open {
+            return (self.eject_locked(&mut s, now), RecentAnswers::default());
+        }
+        (Transition::None, recent(&s, now))
+    }
+
+    /// What the worker's recent answers look like (for comparing with its peers).
+    pub fn recent_answers(&self, now: Instant) -> RecentAnswers {
+        recent(&self.lock(), now)
+    }
+
+    /// Take the worker out of rotation now (outlier detection decided it).
+    pub fn eject(&self, now: Instant) -> Transition {
+        let mut s = self.lock();
+        self.eject_locked(&mut s, now)
+    }
+
+    fn eject_locked(&self, s: &mut State, now: Instant) -> Transition {
+        let backoff = self
+            .policy
+            .eject_base
+            .saturating_mul(1u32 << s.ejections.min(16))
+            .min(self.policy.eject_max);
+        s.ejections += 1;
+        s.failures = 0;
+        // After the backoff, the half-open trial decides afresh: old answers say nothing more.
+        s.recent.clear();
+        s.ejected_until = Some(now + backoff);
+        Transition::Ejected(backoff)
+    }
+}
+
+fn remember(s: &mut State, now: Instant, answer: Option<u64>) {
+    if s.recent.len() == OUTLIER_SAMPLES {
+        s.recent.pop_front();
+    }
+    s.recent.push_back((now, answer));
+}
+
+fn recent(s: &State, now: Instant) -> RecentAnswers {
+    let mut out = RecentAnswers::default();
+    let mut seen: Vec<u64> = Vec::with_capacity(OUTLIER_MIN_DISTINCT);
+    for (at, answer) in s.recent.iter().rev() {
+        if now.saturating_duration_since(*at) > OUTLIER_WINDOW {
+            break;
+        }
+        out.answers += 1;
+        if let Some(hash) = answer {
+            out.failures += 1;
+            if !seen.contains(hash) {
+                seen.push(*hash);
+            }
+        }
+    }
+    out.distinct_failures = seen.len();
+    out
 }
 
 #[cfg(test)]
@@ -279,5 +397,67 @@ mod tests {
             }
         }
         assert_eq!(last, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn request_failures_never_eject_by_themselves() {
+        let h = health();
+        h.record_probe(true);
+        let now = Instant::now();
+        // One poison request, repeated: one distinct failure however often.
+        for _ in 0..OUTLIER_SAMPLES * 2 {
+            let (t, recent) = h.record_request_failure(now, 42);
+            assert_eq!(t, Transition::None);
+            assert_eq!(recent.distinct_failures, 1);
+            assert!(!recent.is_suspect());
+        }
+        assert_eq!(h.admit(now), Admit::Open);
+    }
+
+    #[test]
+    fn a_worker_failing_distinct_requests_is_suspect_unless_it_serves_most() {
+        let h = health();
+        h.record_probe(true);
+        let now = Instant::now();
+        let mut last = RecentAnswers::default();
+        for key in 0..OUTLIER_MIN_DISTINCT as u64 {
+            last = h.record_request_failure(now, key).1;
+        }
+        assert!(last.is_suspect(), "{last:?}");
+        let served = Health::new(health().policy);
+        served.record_probe(true);
+        for key in 0..OUTLIER_MIN_DISTINCT as u64 {
+            for _ in 0..4 {
+                served.record_success();
+            }
+            last = served.record_request_failure(now, key).1;
+        }
+        assert!(!last.is_suspect(), "serves 80 %: {last:?}");
+    }
+
+    #[test]
+    fn old_answers_are_forgotten() {
+        let h = health();
+        h.record_probe(true);
+        let t0 = Instant::now();
+        for key in 0..OUTLIER_MIN_DISTINCT as u64 {
+            h.record_request_failure(t0, key);
+        }
+        let later = t0 + OUTLIER_WINDOW + Duration::from_secs(1);
+        assert_eq!(h.recent_answers(later), RecentAnswers::default());
+    }
+
+    #[test]
+    fn a_failed_trial_ejects_again_whatever_the_cause() {
+        let h = health();
+        h.record_probe(true);
+        let t0 = Instant::now();
+        assert_eq!(h.eject(t0), Transition::Ejected(Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_millis(1100);
+        assert_eq!(h.admit(t1), Admit::Trial);
+        assert_eq!(
+            h.record_request_failure(t1, 7).0,
+            Transition::Ejected(Duration::from_secs(2))
+        );
     }
 }

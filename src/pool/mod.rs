@@ -14,8 +14,8 @@ pub mod probe;
 
 use crate::config::{PolicyKind, PoolArgs};
 use crate::metrics::Metrics;
-use crate::worker::Backend;
-pub use health::{Admit, Health, HealthPolicy, ProbeState, Transition};
+use crate::worker::{Backend, Fault};
+pub use health::{Admit, Health, HealthPolicy, ProbeState, RecentAnswers, Transition};
 pub use lease::Lease;
 use policy::WorkerSnapshot;
 use std::hash::{Hash, Hasher};
@@ -86,12 +86,12 @@ impl Worker {
         self.load.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Feed one forwarding outcome into passive health.
-    pub fn record_outcome(&self, worker_fault: bool) {
-        let transition = if worker_fault {
-            self.health.record_failure(Instant::now())
-        } else {
-            self.health.record_success()
+    /// Feed a gateway failure ([`Fault::Worker`]) or a success ([`Fault::None`]) into passive
+    /// health. A request failure needs the peers' view: see [`Members::report`].
+    pub fn record_outcome(&self, fault: Fault) {
+        let transition = match fault {
+            Fault::Worker => self.health.record_failure(Instant::now()),
+            Fault::None | Fault::Request => self.health.record_success(),
         };
         self.log_transition(transition, "request");
     }
@@ -187,6 +187,48 @@ impl Members {
         self.list()
             .iter()
             .any(|w| !w.draining.load(Ordering::Relaxed) && w.health.is_reachable(now))
+    }
+
+    /// Feed one request's outcome on `worker` into its health. `request` is the hash of the
+    /// request's body: request failures ([`Fault::Request`]) count only across distinct
+    /// requests, and eject only a worker that fails far more than its peers (outlier
+    /// detection; `health` has the rule and its constants).
+    pub fn report(&self, worker: &Worker, fault: Fault, request: u64) {
+        if fault != Fault::Request {
+            return worker.record_outcome(fault);
+        }
+        let now = Instant::now();
+        let (transition, recent) = worker.health.record_request_failure(now, request);
+        if transition != Transition::None {
+            return worker.log_transition(transition, "request");
+        }
+        if recent.is_suspect() && !self.peers_fail_too(worker, now) {
+            tracing::warn!(worker = %worker.url, model = %self.model, answers = recent.answers,
+                failures = recent.failures, distinct = recent.distinct_failures,
+                "worker fails most distinct requests while its peers do not");
+            worker.log_transition(worker.health.eject(now), "failure_rate");
+        }
+    }
+
+    /// Whether the worker's peers say the failures come from the traffic, not from the worker:
+    /// they fail often too, or they have not answered enough yet to tell (then wait and see).
+    /// A worker with no peers has only its own answers to go by.
+    fn peers_fail_too(&self, worker: &Worker, now: Instant) -> bool {
+        let (mut peers, mut answers, mut failures) = (0usize, 0usize, 0usize);
+        for peer in self.list().iter() {
+            if std::ptr::eq(peer.as_ref(), worker) || peer.draining.load(Ordering::Relaxed) {
+                continue;
+            }
+            let r = peer.health.recent_answers(now);
+            peers += 1;
+            answers += r.answers;
+            failures += r.failures;
+        }
+        if peers == 0 {
+            return false;
+        }
+        answers < health::OUTLIER_MIN_DISTINCT
+            || failures as f64 / answers as f64 >= health::OUTLIER_PEER_RATE
     }
 
     /// Every worker is known to be down (not merely busy or still starting): fail fast.

@@ -3,7 +3,7 @@
 //! pool's model; one that serves something else is kept out, with an error in the log.
 
 use super::{Members, Transition, Worker};
-use crate::worker::{http, Backend};
+use crate::worker::http;
 use futures::future::join_all;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +27,7 @@ pub async fn run(members: Arc<Members>, client: reqwest::Client, cancel: Cancell
 /// Probe one worker; true when it became able to take requests.
 async fn probe_one(w: &Arc<Worker>, members: &Members, client: &reqwest::Client) -> bool {
     // The in-process engine needs no probe.
-    #[allow(irrefutable_let_patterns)]
-    let Backend::Http { base } = &w.backend
-    else {
+    let Some(base) = w.backend.http_base() else {
         return false;
     };
     let timeout = members.settings.health_timeout();

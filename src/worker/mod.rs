@@ -1,16 +1,24 @@
-//! Workers: where a leased request is sent. [`http`] speaks to an OpenAI-compatible server
-//! (vLLM, SGLang, another caprl-gateway); `candle` runs Qwen2.5-VL in this process. Both answer
-//! with an [`Upstream`]: a status and a body stream in the OpenAI wire format (JSON, or
-//! server-sent events when streaming), which `crate::http::relay` passes on to the client.
+//! Workers: where a leased request is sent, behind one seam, [`Backend::send`]. [`http`] speaks
+//! to an OpenAI-compatible server (vLLM, SGLang, another caprl-gateway) and decodes its
+//! server-sent events where that protocol lives; `candle` runs Qwen2.5-VL in this process and
+//! builds the same chunks straight from the engine's events, with no SSE text in between.
+//!
+//! Both answer with an [`Upstream`]: a status and either one JSON document or a stream of typed
+//! [`Chunk`]s, which `crate::http::relay` frames for the client. Nothing above this module names
+//! a transport.
 
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod http;
 
+use crate::api::chat::Usage;
 use crate::error::GatewayError;
+use crate::validate::ValidRequest;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// What serves a worker's requests.
 #[derive(Debug, Clone)]
@@ -19,7 +27,16 @@ pub enum Backend {
     Http { base: String },
     /// The in-process engine.
     #[cfg(feature = "candle")]
-    Candle(candle::EngineHandle),
+    Candle(candle::CandleWorker),
+}
+
+/// How long a send may take, and with what.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    /// Longest wait for the response head (HTTP workers).
+    pub first_byte: Duration,
+    /// The request's own deadline; nothing waits past it.
+    pub deadline: Instant,
 }
 
 impl Backend {
@@ -31,11 +48,27 @@ impl Backend {
         !matches!(self, Backend::Http { .. })
     }
 
-    pub fn kind(&self) -> &'static str {
+    /// The base URL of an HTTP worker, which probes and discovery work with.
+    pub fn http_base(&self) -> Option<&str> {
         match self {
-            Backend::Http { .. } => "http",
+            Backend::Http { base } => Some(base),
             #[cfg(feature = "candle")]
-            Backend::Candle(_) => "candle",
+            Backend::Candle(_) => None,
+        }
+    }
+
+    /// Send one validated request and wait for the answer's head.
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        req: &ValidRequest,
+        request_id: &str,
+        limits: SendLimits,
+    ) -> Result<Upstream, SendError> {
+        match self {
+            Backend::Http { base } => http::send(client, base, req, request_id, limits).await,
+            #[cfg(feature = "candle")]
+            Backend::Candle(engine) => engine.send(req, request_id),
         }
     }
 }
@@ -43,9 +76,53 @@ impl Backend {
 /// A worker's answer, from its response head on.
 pub struct Upstream {
     pub status: StatusCode,
-    /// The body, chunk by chunk, as the worker produces it. An error mid-body is a string the
-    /// relay turns into an SSE error event or a 502.
-    pub body: BoxStream<'static, Result<Bytes, String>>,
+    pub body: UpstreamBody,
+}
+
+pub enum UpstreamBody {
+    /// One JSON document, in pieces as it arrives: a whole answer, or any error answer (always
+    /// an OpenAI error envelope). An error mid-body is a string the relay turns into a 502.
+    Json(BoxStream<'static, Result<Bytes, String>>),
+    /// A streamed answer, event by event; the stream ends after [`StreamEvent::Done`]. An
+    /// error is a string the relay turns into an SSE error event.
+    Events(BoxStream<'static, Result<StreamEvent, String>>),
+}
+
+/// One server-sent event of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Chunk(Chunk),
+    /// `data: [DONE]`: the answer is complete.
+    Done,
+}
+
+/// One `chat.completion.chunk`, already read: the relay frames it and never parses it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// The JSON payload, with `model` set to the name the client asked for.
+    pub data: Bytes,
+    /// The chunk's `usage`, when it has one.
+    pub usage: Option<Usage>,
+    /// It carries at least one choice (a usage-only chunk does not).
+    pub has_choices: bool,
+}
+
+/// What a failed request says about the worker that served it. Only [`Fault::Worker`] counts
+/// towards ejection: a request that fails because of what it asks for must not let one client
+/// take healthy workers out of rotation (the way Envoy counts only gateway failures in
+/// `consecutive_gateway_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing against the worker: it answered (2xx or the client's 4xx), or the request was
+    /// refused before it reached it.
+    None,
+    /// The worker answered 500, 501 or another 5xx that says "this request failed" while the
+    /// worker itself is up. Retrying elsewhere would fail the same way; only a failure rate far
+    /// above normal across distinct requests (outlier detection, `pool::health`) counts it.
+    Request,
+    /// The worker is unhealthy or unreachable: refused, reset, timed out, 502, 503, 504, or a
+    /// stream that broke. Counted towards ejection.
+    Worker,
 }
 
 /// Why a send failed before any response byte, and what that means.
@@ -55,6 +132,16 @@ pub struct SendError {
     /// Safe to try on another worker: nothing reached the client and the worker likely never
     /// ran the request (refused, reset, 502, 503, first-byte timeout).
     pub retryable: bool,
-    /// Counts against the worker's health (never true for a client's 4xx).
-    pub worker_fault: bool,
+    pub fault: Fault,
+}
+
+impl SendError {
+    /// A request the worker will not run: the client's to fix, never retried, never counted.
+    pub fn client(error: GatewayError) -> SendError {
+        SendError {
+            error,
+            retryable: false,
+            fault: Fault::None,
+        }
+    }
 }

@@ -1,17 +1,16 @@
-//! The in-process Qwen2.5-VL engine (feature `candle`), behind the same [`Upstream`] an HTTP
-//! worker answers with.
+//! The in-process Qwen2.5-VL engine (feature `candle`), behind the same seam as an HTTP worker.
 //!
-//! [`EngineHandle::load`] loads the model directory on the configured device and dtype and
-//! starts `caprl_engine`'s scheduler thread. [`EngineHandle::submit`] reads the validated body
-//! for the engine ([`params`]), hands it the image bytes validation kept, and answers with a
-//! body that streams exactly what vLLM would send ([`wire`]); a bad parameter is a 400 with an
-//! OpenAI error body, as from vLLM. The relay (`crate::http::relay`) then treats the answer
-//! as any worker's; a client that hangs up drops the body and so cancels the sequence.
+//! [`CandleWorker::load`] loads the model directory on the configured device and dtype and
+//! starts `caprl_engine`'s scheduler thread. [`CandleWorker::send`] reads the validated body for
+//! the engine ([`params`]), hands it the image bytes validation kept, and answers with what vLLM
+//! would send, as typed chunks built from the engine's events ([`wire`]); a bad parameter is
+//! the client's error (a 400 naming the field, as vLLM answers). A client that hangs up drops
+//! the body and so cancels the sequence.
 
 mod params;
 mod wire;
 
-use super::{SendError, Upstream};
+use super::{Fault, SendError, Upstream, UpstreamBody};
 use crate::config::{EngineArgs, EngineDtype};
 use crate::error::GatewayError;
 use crate::validate::ValidRequest;
@@ -26,24 +25,23 @@ use caprl_engine::processor;
 use caprl_engine::prompt::PromptBuilder;
 use caprl_engine::sampling::SamplingDefaults;
 use caprl_engine::scheduler::SchedulerConfig;
-use futures::StreamExt;
 use std::path::Path;
 use std::sync::Arc;
 
 /// A cloneable handle on a running engine.
 #[derive(Debug, Clone)]
-pub struct EngineHandle {
+pub struct CandleWorker {
     engine: Engine,
 }
 
-impl EngineHandle {
+impl CandleWorker {
     /// Load a Hugging Face model directory and start the engine's scheduler.
     pub fn load(
         dir: &Path,
         args: &EngineArgs,
         served_model_name: &str,
         registry: &prometheus::Registry,
-    ) -> anyhow::Result<EngineHandle> {
+    ) -> anyhow::Result<CandleWorker> {
         let device = parse_device(&args.device)?;
         let dtype = match args.dtype {
             EngineDtype::F32 => DType::F32,
@@ -81,21 +79,18 @@ impl EngineHandle {
         };
         tracing::info!(dir = %dir.display(), device = %args.device, ?dtype, ?cfg, "candle engine loaded");
         let engine = Engine::start(model, prompts, images, cfg, Arc::new(metrics))?;
-        Ok(EngineHandle { engine })
+        Ok(CandleWorker { engine })
     }
 
-    /// Start one request; the answer streams as the engine produces it.
-    pub fn submit(&self, req: &ValidRequest, request_id: &str) -> Result<Upstream, SendError> {
-        let p = match params::parse(&req.body) {
-            Ok(p) => p,
-            Err(e) => return Ok(error_upstream(&e)),
-        };
+    /// Start one request; the answer streams as the engine produces it. A request the engine
+    /// refuses is the client's error, returned as such (never as a fake worker answer).
+    pub fn send(&self, req: &ValidRequest, request_id: &str) -> Result<Upstream, SendError> {
+        let p = params::parse(&req.body).map_err(SendError::client)?;
         if req.remote_images > 0 {
-            let e = GatewayError::invalid(
+            return Err(SendError::client(GatewayError::invalid(
                 "the in-process engine takes images as data URLs only",
                 Some("messages".to_string()),
-            );
-            return Ok(error_upstream(&e));
+            )));
         }
         let images = req
             .images
@@ -105,7 +100,7 @@ impl EngineHandle {
             .ok_or_else(|| SendError {
                 error: GatewayError::Internal("image bytes were not kept for the engine".into()),
                 retryable: false,
-                worker_fault: false,
+                fault: Fault::None,
             })?;
         let request = GenerateRequest {
             messages: p.messages,
@@ -124,14 +119,16 @@ impl EngineHandle {
         let generation = match prepared {
             Ok(g) => g,
             Err(SubmitError::Invalid { message, param }) => {
-                let e = GatewayError::invalid(message, param.map(str::to_string));
-                return Ok(error_upstream(&e));
+                return Err(SendError::client(GatewayError::invalid(
+                    message,
+                    param.map(str::to_string),
+                )))
             }
             Err(SubmitError::Stopped) => {
                 return Err(SendError {
                     error: GatewayError::BadGateway("the engine has stopped".into()),
                     retryable: true,
-                    worker_fault: true,
+                    fault: Fault::Worker,
                 })
             }
         };
@@ -142,23 +139,14 @@ impl EngineHandle {
                 .map_or(0, |d| d.as_secs()),
             model: req.model.clone(),
         };
-        let body = if p.stream {
-            wire::sse_body(head, generation, p.include_usage)
+        let body = if req.stream {
+            UpstreamBody::Events(wire::events(head, generation))
         } else {
-            wire::json_body(head, generation)
+            UpstreamBody::Json(wire::json_body(head, generation))
         };
         Ok(Upstream {
             status: StatusCode::OK,
             body,
         })
-    }
-}
-
-/// A client error as the worker's answer: its status and OpenAI error body.
-fn error_upstream(e: &GatewayError) -> Upstream {
-    let body = serde_json::to_vec(&e.envelope()).unwrap_or_default();
-    Upstream {
-        status: e.status(),
-        body: futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed(),
     }
 }

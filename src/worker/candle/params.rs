@@ -14,8 +14,6 @@ use serde_json::Value;
 pub struct ChatParams {
     pub messages: Vec<Message>,
     pub sampling: RequestSampling,
-    pub stream: bool,
-    pub include_usage: bool,
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
@@ -49,10 +47,6 @@ fn count_of(body: &Value, key: &str) -> Result<Option<usize>, GatewayError> {
             .map(Some)
             .map_err(|_| invalid(key, format!("`{key}` must not be negative"))),
     }
-}
-
-fn bool_of(v: Option<&Value>) -> bool {
-    v.and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// Read the body the gateway would forward to a worker.
@@ -114,14 +108,7 @@ pub fn parse(body: &[u8]) -> Result<ChatParams, GatewayError> {
         stop_token_ids,
         n: count_of(&body, "n")?,
     };
-    let stream = bool_of(body.get("stream"));
-    let include_usage = bool_of(body.pointer("/stream_options/include_usage"));
-    Ok(ChatParams {
-        messages,
-        sampling,
-        stream,
-        include_usage,
-    })
+    Ok(ChatParams { messages, sampling })
 }
 
 #[cfg(test)]
@@ -143,7 +130,6 @@ mod tests {
         assert_eq!(s.seed, Some(u64::MAX));
         assert_eq!(s.stop, vec!["x".to_string()]);
         assert_eq!(s.stop_token_ids, vec![5]);
-        assert!(p.stream && p.include_usage);
     }
 
     #[test]

@@ -1,14 +1,21 @@
-//! The engine's events, written as vLLM writes them: one `chat.completion` document, or
-//! server-sent `chat.completion.chunk` events (a role chunk per choice, a chunk per token with
-//! text, the last with `finish_reason`, the usage chunk when asked, `data: [DONE]`).
+//! The engine's events, written as vLLM writes them: one `chat.completion` document, or typed
+//! `chat.completion.chunk`s (a role chunk per choice, a chunk per token with text, the last with
+//! `finish_reason`, the usage chunk, then the end). Chunks are built straight from the events:
+//! no SSE text is written here, and nothing is parsed back (the relay frames them).
+//!
+//! The usage chunk is always produced; the relay hides it when the client did not ask for it,
+//! as it does for an HTTP worker's.
 //!
 //! The body is a stream over the engine's event channel; dropping it (the client hung up)
 //! drops the receiver, which cancels the request at the engine's next step.
 
+use crate::api::chat::Usage;
+use crate::worker::{Chunk, StreamEvent};
 use bytes::Bytes;
 use caprl_engine::engine::{Event, FinishReason, Generation, StopReason};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 
 /// What every chunk or document repeats.
 #[derive(Debug, Clone)]
@@ -24,10 +31,6 @@ fn stop_reason(s: &Option<StopReason>) -> Value {
         Some(StopReason::Token(t)) => json!(t),
         Some(StopReason::Text(s)) => json!(s),
     }
-}
-
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion})
 }
 
 /// One choice's result, for the non-streamed answer.
@@ -91,7 +94,8 @@ pub fn json_body(head: Head, mut g: Generation) -> BoxStream<'static, Result<Byt
 struct StreamState {
     head: Head,
     g: Generation,
-    include_usage: bool,
+    /// Chunks made but not yet handed out (the role chunks, one per choice).
+    pending: VecDeque<StreamEvent>,
     /// An event read ahead (to merge a last token with its sequence's finish).
     ahead: Option<Event>,
     started: bool,
@@ -101,12 +105,17 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
+    fn chunk(&self, choices: Value, usage: Option<Usage>) -> StreamEvent {
+        let has_choices = choices.as_array().is_some_and(|c| !c.is_empty());
         let mut c = json!({"id": self.head.id, "object": "chat.completion.chunk", "created": self.head.created, "model": self.head.model, "choices": choices});
         if let Some(u) = usage {
-            c["usage"] = u;
+            c["usage"] = json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens, "completion_tokens": u.completion_tokens});
         }
-        Bytes::from(format!("data: {c}\n\n"))
+        StreamEvent::Chunk(Chunk {
+            data: Bytes::from(c.to_string()),
+            usage,
+            has_choices,
+        })
     }
 
     async fn next_event(&mut self) -> Option<Event> {
@@ -116,28 +125,31 @@ impl StreamState {
         }
     }
 
-    /// The next frame, or `None` at the end.
-    async fn frame(&mut self) -> Option<Result<Bytes, String>> {
+    /// The next stream item, or `None` after the end.
+    async fn next(&mut self) -> Option<Result<StreamEvent, String>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(Ok(e));
+        }
         if self.ended {
             return None;
         }
         if !self.started {
             self.started = true;
-            let roles: Vec<Bytes> = (0..self.g.n)
-                .map(|i| self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None))
-                .collect();
-            return Some(Ok(roles.concat().into()));
+            for i in 0..self.g.n {
+                let role = self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None);
+                self.pending.push_back(role);
+            }
+            return self.pending.pop_front().map(Ok);
         }
         loop {
             if self.finished == self.g.n {
                 self.ended = true;
-                let mut out = Vec::new();
-                if self.include_usage {
-                    let u = usage(self.g.prompt_tokens, self.completion);
-                    out.extend_from_slice(&self.chunk(json!([]), Some(u)));
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                return Some(Ok(out.into()));
+                let usage = Usage {
+                    prompt_tokens: self.g.prompt_tokens as u64,
+                    completion_tokens: self.completion as u64,
+                };
+                self.pending.push_back(StreamEvent::Done);
+                return Some(Ok(self.chunk(json!([]), Some(usage))));
             }
             match self.next_event().await {
                 Some(Event::Token { index, text, .. }) => {
@@ -191,7 +203,7 @@ impl StreamState {
         text: &str,
         reason: FinishReason,
         sr: &Option<StopReason>,
-    ) -> Bytes {
+    ) -> StreamEvent {
         self.chunk(
             json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": reason.as_str(), "stop_reason": stop_reason(sr)}]),
             None,
@@ -199,16 +211,12 @@ impl StreamState {
     }
 }
 
-/// Server-sent events, one frame per engine event worth sending.
-pub fn sse_body(
-    head: Head,
-    g: Generation,
-    include_usage: bool,
-) -> BoxStream<'static, Result<Bytes, String>> {
+/// The streamed answer: one typed chunk per engine event worth sending, then the end.
+pub fn events(head: Head, g: Generation) -> BoxStream<'static, Result<StreamEvent, String>> {
     let state = StreamState {
         head,
         g,
-        include_usage,
+        pending: VecDeque::new(),
         ahead: None,
         started: false,
         finished: 0,
@@ -216,8 +224,8 @@ pub fn sse_body(
         ended: false,
     };
     stream::unfold(state, |mut s| async move {
-        let frame = s.frame().await?;
-        Some((frame, s))
+        let item = s.next().await?;
+        Some((item, s))
     })
     .boxed()
 }

@@ -149,7 +149,7 @@ pub struct LimitArgs {
     pub max_pixels: u64,
 }
 
-/// How requests are admitted, batched and routed, and how workers are watched. These are the
+/// How requests are admitted and routed, and how workers are watched. These are the
 /// defaults of every pool; `[pools.NAME]` in the file overrides them per model.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -176,23 +176,6 @@ pub struct PoolArgs {
     /// Longest a request waits in the queue before it is answered 429.
     #[arg(long, env = "CAPRL_QUEUE_TIMEOUT_SECS", default_value_t = 30.0)]
     pub queue_timeout_secs: f64,
-
-    /// Most requests handed to one worker as one batch.
-    #[arg(long, env = "CAPRL_BATCH_MAX_REQUESTS", default_value_t = 32)]
-    pub batch_max_requests: usize,
-
-    /// Most estimated tokens in one batch.
-    #[arg(long, env = "CAPRL_BATCH_MAX_TOKENS", default_value_t = 65_536)]
-    pub batch_max_tokens: u64,
-
-    /// Most image tokens in one batch (vision-encoder work is what stalls a GPU step).
-    #[arg(long, env = "CAPRL_BATCH_MAX_IMAGE_TOKENS", default_value_t = 32_768)]
-    pub batch_max_image_tokens: u64,
-
-    /// How long the queue may hold a request to fill a batch. 0 for vLLM, which batches
-    /// continuously itself: holding requests would only add latency.
-    #[arg(long, env = "CAPRL_BATCH_MAX_WAIT_MS", default_value_t = 0)]
-    pub batch_max_wait_ms: u64,
 
     /// Time to open a connection to a worker.
     #[arg(long, env = "CAPRL_CONNECT_TIMEOUT_SECS", default_value_t = 2.0)]
@@ -508,9 +491,6 @@ impl PoolArgs {
             ("max_in_flight", self.max_in_flight as f64),
             ("max_tokens_in_flight", self.max_tokens_in_flight as f64),
             ("queue_capacity", self.queue_capacity as f64),
-            ("batch_max_requests", self.batch_max_requests as f64),
-            ("batch_max_tokens", self.batch_max_tokens as f64),
-            ("batch_max_image_tokens", self.batch_max_image_tokens as f64),
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("first_byte_timeout_secs", self.first_byte_timeout_secs),
             ("request_timeout_secs", self.request_timeout_secs),
@@ -563,9 +543,6 @@ impl PoolArgs {
     }
     pub fn health_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.health_timeout_secs)
-    }
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
     }
     pub fn dns_refresh(&self) -> Duration {
         Duration::from_secs_f64(self.dns_refresh_secs)

@@ -66,9 +66,7 @@ pub async fn send_with_failover(
         {
             Ok(upstream) => {
                 pool.metrics()
-                    .worker_responses
-                    .with_label_values(&[model, &worker.url, upstream.status.as_str()])
-                    .inc();
+                    .worker_response(model, &worker.url, Some(upstream.status));
                 pool.members.report(&worker, Fault::None, 0);
                 return Ok((upstream, lease));
             }
@@ -77,14 +75,11 @@ pub async fn send_with_failover(
                 retryable,
                 fault,
             }) => {
-                let code = match &error {
-                    GatewayError::WorkerStatus { status, .. } => status.as_str().to_string(),
-                    _ => "error".to_string(),
+                let status = match &error {
+                    GatewayError::WorkerStatus { status, .. } => Some(*status),
+                    _ => None,
                 };
-                pool.metrics()
-                    .worker_responses
-                    .with_label_values(&[model, &worker.url, &code])
-                    .inc();
+                pool.metrics().worker_response(model, &worker.url, status);
                 // The body hash tells distinct requests apart; only failures pay for it.
                 let request = match fault {
                     Fault::Request => xxhash_rust::xxh3::xxh3_64(&req.body),
@@ -101,7 +96,7 @@ pub async fn send_with_failover(
                     });
                 }
                 tracing::info!(request_id, worker = %worker.url, error = %error, attempt, "worker failed before any byte; retrying on another");
-                pool.metrics().retries.with_label_values(&[model]).inc();
+                pool.metrics().retry(model);
                 avoid.push(worker.url.clone());
             }
         }

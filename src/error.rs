@@ -65,8 +65,6 @@ pub enum GatewayError {
     Internal(String),
 }
 
-pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
-
 impl GatewayError {
     pub fn invalid(message: impl Into<String>, param: impl Into<Option<String>>) -> Self {
         GatewayError::InvalidRequest {

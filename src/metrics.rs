@@ -3,15 +3,107 @@
 //! addresses come from configuration or discovery, routes from the router, status codes and
 //! reasons from fixed sets. Never a key, a prompt or a hash.
 //!
+//! Callers record through the typed functions on [`Metrics`] (`reject`, `worker_response`,
+//! `waited_in_queue`, …), which own the label sets and the reason names ([`RejectReason`],
+//! [`HealthLevel`]); the public fields remain for what is not converted yet and for tests.
+//!
 //! `/metrics` renders [`Metrics::render`] in the Prometheus text format. The in-process engine
 //! adds its own series under vLLM's names (`vllm:…`) to the same registry.
 
+use crate::error::GatewayError;
+use axum::http::StatusCode;
 use prometheus::{
     exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "caprl_gateway";
+
+/// Why the gateway refused a request: the `reason` label of `rejections_total`, one name per
+/// reason for every place that refuses. The names are what the dashboard and the tests read;
+/// they predate [`GatewayError::code`] and differ from it in places (`too_large` for
+/// `payload_too_large`), so they are mapped here, from the error's variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    BadRequest,
+    TooLarge,
+    ModelNotFound,
+    Unauthorized,
+    QueueFull,
+    QueueTimeout,
+    NoWorker,
+    ShuttingDown,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::BadRequest,
+        RejectReason::TooLarge,
+        RejectReason::ModelNotFound,
+        RejectReason::Unauthorized,
+        RejectReason::QueueFull,
+        RejectReason::QueueTimeout,
+        RejectReason::NoWorker,
+        RejectReason::ShuttingDown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::ModelNotFound => "model_not_found",
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::NoWorker => "no_worker",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The reason a refusal stands for. `None` for an error that is no refusal (a worker's
+    /// failure, a bug in the gateway, an unknown route or method): `requests_total`'s outcome
+    /// and `http_requests_total` count those. An `Overloaded` error is `QueueFull`; the queue,
+    /// the one place that knows a wait ran out, records `QueueTimeout` itself.
+    pub fn of(err: &GatewayError) -> Option<RejectReason> {
+        Some(match err {
+            GatewayError::InvalidRequest { .. } => RejectReason::BadRequest,
+            GatewayError::TooLarge { .. } => RejectReason::TooLarge,
+            GatewayError::ModelNotFound(_) => RejectReason::ModelNotFound,
+            GatewayError::Unauthorized => RejectReason::Unauthorized,
+            GatewayError::Overloaded { .. } => RejectReason::QueueFull,
+            GatewayError::NoWorker(_) => RejectReason::NoWorker,
+            GatewayError::ShuttingDown => RejectReason::ShuttingDown,
+            GatewayError::RouteNotFound(_)
+            | GatewayError::MethodNotAllowed
+            | GatewayError::BadGateway(_)
+            | GatewayError::WorkerStatus { .. }
+            | GatewayError::Timeout(_)
+            | GatewayError::Internal(_) => return None,
+        })
+    }
+}
+
+/// A worker's health as `worker_health` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthLevel {
+    /// Takes requests.
+    Serving,
+    /// Ejected after failures, or half-open with its one trial request.
+    Ejected,
+    /// Down by probe, or serving another model.
+    Down,
+}
+
+impl HealthLevel {
+    fn value(self) -> f64 {
+        match self {
+            HealthLevel::Serving => 1.0,
+            HealthLevel::Ejected => 0.5,
+            HealthLevel::Down => 0.0,
+        }
+    }
+}
 
 /// Latency buckets from 1 ms to ~9 min: covers a text-only reply and a long dense caption.
 fn latency_buckets() -> Vec<f64> {
@@ -41,10 +133,6 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     /// Requests whose client left while they waited, by model.
     pub queue_abandoned: IntCounterVec,
-    /// Requests per batch handed to a worker, by model.
-    pub batch_size: HistogramVec,
-    /// Estimated tokens per batch, by model.
-    pub batch_tokens: HistogramVec,
     /// Tokens reported in the workers' `usage`, by model and kind (`prompt`, `completion`).
     pub tokens: IntCounterVec,
     /// Visual tokens estimated at validation, by model.
@@ -68,9 +156,10 @@ pub struct Metrics {
     pub worker_responses: IntCounterVec,
     /// Retries of a request on another worker, by model.
     pub retries: IntCounterVec,
-    /// Requests refused by the gateway, by model and reason (`bad_request`, `too_large`,
-    /// `model_not_found`, `queue_full`, `queue_timeout`, `no_worker`, `unauthorized`,
-    /// `shutting_down`). `model_name` is empty when the model was not known (or not served).
+    /// Requests refused by the gateway, by model and reason (a [`RejectReason`]: `bad_request`,
+    /// `too_large`, `model_not_found`, `queue_full`, `queue_timeout`, `no_worker`,
+    /// `unauthorized`, `shutting_down`). `model_name` is empty when the model was not known (or
+    /// not served). Recorded through [`Metrics::reject`] or [`Metrics::rejected`].
     pub rejections: IntCounterVec,
 }
 
@@ -175,18 +264,6 @@ impl Metrics {
                 "Requests whose client left while they waited in the queue.",
                 &["model_name"],
             ),
-            batch_size: histogram(
-                "batch_size",
-                "Requests per batch handed to a worker.",
-                &["model_name"],
-                pow2(1.0, 10),
-            ),
-            batch_tokens: histogram(
-                "batch_tokens",
-                "Estimated tokens per batch handed to a worker.",
-                &["model_name"],
-                pow2(16.0, 16),
-            ),
             tokens: counter(
                 "tokens_total",
                 "Tokens reported in the workers' usage, by kind (prompt, completion).",
@@ -250,6 +327,73 @@ impl Metrics {
         }
     }
 
+    /// A request refused with `err`, when `err` is a refusal (see [`RejectReason::of`]).
+    pub fn reject(&self, model: &str, err: &GatewayError) {
+        if let Some(reason) = RejectReason::of(err) {
+            self.rejected(model, reason);
+        }
+    }
+
+    /// A request refused for `reason`.
+    pub fn rejected(&self, model: &str, reason: RejectReason) {
+        self.rejections
+            .with_label_values(&[model, reason.as_str()])
+            .inc();
+    }
+
+    /// A worker's answer: its status code, or `None` when none came (refused, reset, timed out).
+    pub fn worker_response(&self, model: &str, worker: &str, status: Option<StatusCode>) {
+        let code = status.as_ref().map_or("error", StatusCode::as_str);
+        self.worker_responses
+            .with_label_values(&[model, worker, code])
+            .inc();
+    }
+
+    /// A request sent again, to another worker, after a failure before any byte.
+    pub fn retry(&self, model: &str) {
+        self.retries.with_label_values(&[model]).inc();
+    }
+
+    /// How many requests wait in `model`'s queue now.
+    pub fn set_queue_depth(&self, model: &str, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[model])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// A request left the queue with a lease after waiting `waited`.
+    pub fn waited_in_queue(&self, model: &str, waited: std::time::Duration) {
+        self.queue_wait
+            .with_label_values(&[model])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A request's caller left while it waited in the queue.
+    pub fn left_queue(&self, model: &str) {
+        self.queue_abandoned.with_label_values(&[model]).inc();
+    }
+
+    /// `delta` requests more (or fewer) in flight on a worker.
+    pub fn add_worker_in_flight(&self, model: &str, worker: &str, delta: i64) {
+        self.worker_in_flight
+            .with_label_values(&[model, worker])
+            .add(delta);
+    }
+
+    /// A worker was ejected after consecutive failures.
+    pub fn worker_ejected(&self, model: &str, worker: &str) {
+        self.worker_ejections
+            .with_label_values(&[model, worker])
+            .inc();
+    }
+
+    /// A worker's health now.
+    pub fn set_worker_health(&self, model: &str, worker: &str, level: HealthLevel) {
+        self.worker_health
+            .with_label_values(&[model, worker])
+            .set(level.value());
+    }
+
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -263,6 +407,92 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reject_reasons_keep_the_names_dashboards_read() {
+        let names: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bad_request",
+                "too_large",
+                "model_not_found",
+                "unauthorized",
+                "queue_full",
+                "queue_timeout",
+                "no_worker",
+                "shutting_down"
+            ]
+        );
+    }
+
+    #[test]
+    fn reject_names_the_reason_from_the_error() {
+        let m = Metrics::new();
+        let cases = [
+            (GatewayError::invalid("bad", None), Some("bad_request")),
+            (GatewayError::too_large("big", None), Some("too_large")),
+            (
+                GatewayError::ModelNotFound("x".into()),
+                Some("model_not_found"),
+            ),
+            (GatewayError::Unauthorized, Some("unauthorized")),
+            (
+                GatewayError::Overloaded {
+                    message: "full".into(),
+                    retry_after: std::time::Duration::from_secs(1),
+                },
+                Some("queue_full"),
+            ),
+            (GatewayError::NoWorker("caprl".into()), Some("no_worker")),
+            (GatewayError::ShuttingDown, Some("shutting_down")),
+            (GatewayError::BadGateway("reset".into()), None),
+            (GatewayError::Timeout("slow".into()), None),
+            (GatewayError::Internal("bug".into()), None),
+            (GatewayError::RouteNotFound("/x".into()), None),
+        ];
+        for (err, want) in &cases {
+            assert_eq!(
+                RejectReason::of(err).map(RejectReason::as_str),
+                *want,
+                "{err:?}"
+            );
+            m.reject("caprl", err);
+        }
+        // Each refusal once, the other errors not at all; only the queue records a timeout.
+        for reason in RejectReason::ALL {
+            let want = u64::from(reason != RejectReason::QueueTimeout);
+            assert_eq!(
+                m.rejections
+                    .with_label_values(&["caprl", reason.as_str()])
+                    .get(),
+                want,
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn worker_response_labels_the_status_or_error() {
+        let m = Metrics::new();
+        m.worker_response("caprl", "w", Some(StatusCode::SERVICE_UNAVAILABLE));
+        m.worker_response("caprl", "w", Some(StatusCode::OK));
+        m.worker_response("caprl", "w", None);
+        for code in ["503", "200", "error"] {
+            assert_eq!(
+                m.worker_responses
+                    .with_label_values(&["caprl", "w", code])
+                    .get(),
+                1,
+                "{code}"
+            );
+        }
+        m.set_worker_health("caprl", "w", HealthLevel::Ejected);
+        assert_eq!(
+            m.worker_health.with_label_values(&["caprl", "w"]).get(),
+            0.5
+        );
+    }
 
     #[test]
     fn every_name_has_the_prefix_and_a_help() {

@@ -22,8 +22,9 @@ pub async fn completions(
 ) -> Response {
     let started = Instant::now();
     let Some(in_flight) = state.drain.enter() else {
-        reject(&state, "", "shutting_down");
-        return GatewayError::ShuttingDown.into_response();
+        let err = GatewayError::ShuttingDown;
+        state.metrics.reject("", &err);
+        return err.into_response();
     };
     let mut model_hint = String::new();
     let req = match body.and_then(|RawBody(bytes)| {
@@ -31,12 +32,7 @@ pub async fn completions(
     }) {
         Ok(req) => req,
         Err(err) => {
-            let reason = match err.status().as_u16() {
-                404 => "model_not_found",
-                413 => "too_large",
-                _ => "bad_request",
-            };
-            reject(&state, &model_hint, reason);
+            state.metrics.reject(&model_hint, &err);
             tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
             return err.into_response();
         }
@@ -92,12 +88,4 @@ fn served_model(state: &AppState, body: &[u8]) -> String {
         .and_then(|p| p.model)
         .filter(|m| state.pools.contains_key(m))
         .unwrap_or_default()
-}
-
-fn reject(state: &AppState, model: &str, reason: &str) {
-    state
-        .metrics
-        .rejections
-        .with_label_values(&[model, reason])
-        .inc();
 }

@@ -89,12 +89,9 @@ pub async fn require_key(State(state): State<AppState>, req: Request, next: Next
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            state
-                .metrics
-                .rejections
-                .with_label_values(&["", "unauthorized"])
-                .inc();
-            return GatewayError::Unauthorized.into_response();
+            let err = GatewayError::Unauthorized;
+            state.metrics.reject("", &err);
+            return err.into_response();
         }
     }
     next.run(req).await

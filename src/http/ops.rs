@@ -20,17 +20,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         .pools
         .iter()
         .map(|(name, p)| {
-            let workers = p.members.list();
-            let reachable = workers
-                .iter()
-                .filter(|w| {
-                    !w.draining.load(std::sync::atomic::Ordering::Relaxed)
-                        && w.health.is_reachable(std::time::Instant::now())
-                })
-                .count();
+            let workers = p.members.list().len();
+            let reachable = p.members.reachable_count();
             (
                 name.clone(),
-                serde_json::json!({"workers": workers.len(), "reachable": reachable}),
+                serde_json::json!({"workers": workers, "reachable": reachable}),
             )
         })
         .collect();

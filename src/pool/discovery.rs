@@ -38,8 +38,9 @@ pub struct DnsTarget {
     pub port: u16,
 }
 
-/// Re-resolve `target` until cancelled, keeping `members` in step. `fixed` are the pool's
-/// static workers, always kept.
+/// Re-resolve `target` every `dns_refresh_secs` until cancelled, keeping `members` in step.
+/// Only the members this target found are touched (see [`reconcile`]): the pool's static
+/// workers and other targets' workers stay as they are.
 pub async fn run_dns(
     target: DnsTarget,
     members: Arc<Members>,

@@ -2,9 +2,10 @@
 //! healthy each is, and which one a request should go to.
 //!
 //! The queue (`crate::queue`) asks [`Members::choose`] for a worker when a request is at the
-//! head of the line, and takes a [`Lease`] on it; the forwarder (`crate::worker`) reports each
-//! outcome back through [`Worker::record_outcome`]; probes (`health_loop`) and discovery
-//! (`discovery`) run as background tasks owned by the pool.
+//! head of the line, and takes a [`Lease`] on it; the request driver, which sends the request
+//! through the lease's worker, reports each outcome back through [`Worker::record_outcome`].
+//! Active probes ([`probe::run`]) and DNS discovery ([`discovery::run_dns`]) are background
+//! tasks that `crate::state` spawns and owns, one per worker target.
 
 pub mod discovery;
 pub mod health;
@@ -13,9 +14,9 @@ pub mod policy;
 pub mod probe;
 
 use crate::config::{PolicyKind, PoolArgs};
-use crate::metrics::Metrics;
+use crate::metrics::{HealthLevel, Metrics};
 use crate::worker::{Backend, Fault};
-pub use health::{Admit, Health, HealthPolicy, ProbeState, RecentAnswers, Transition};
+pub use health::{Admit, Health, HealthPolicy, RecentAnswers, Transition};
 pub use lease::Lease;
 use policy::WorkerSnapshot;
 use std::hash::{Hash, Hasher};
@@ -77,13 +78,27 @@ impl Worker {
 
     pub(crate) fn metrics_in_flight(&self, delta: i64) {
         self.metrics
-            .worker_in_flight
-            .with_label_values(&[self.model.as_str(), self.url.as_str()])
-            .add(delta);
+            .add_worker_in_flight(&self.model, &self.url, delta);
     }
 
     pub fn in_flight(&self) -> u32 {
         self.load.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether this worker can take a request of `tokens` estimated tokens under the pool's
+    /// caps. A request bigger than the whole token cap still runs, alone on an idle worker,
+    /// rather than never.
+    pub fn has_room(&self, settings: &PoolArgs, tokens: u64) -> bool {
+        let in_flight = self.in_flight();
+        let held = self.load.tokens.load(Ordering::Relaxed);
+        in_flight < settings.max_in_flight
+            && (held.saturating_add(tokens) <= settings.max_tokens_in_flight || in_flight == 0)
+    }
+
+    /// May take requests now or soon (for `/ready`): not draining, up by probe, not ejected
+    /// (a half-open worker with its trial out counts).
+    pub fn is_reachable(&self, now: Instant) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.health.is_reachable(now)
     }
 
     /// Feed a gateway failure ([`Fault::Worker`]) or a success ([`Fault::None`]) into passive
@@ -97,14 +112,10 @@ impl Worker {
     }
 
     pub fn log_transition(&self, t: Transition, cause: &str) {
-        let labels = [self.model.as_str(), self.url.as_str()];
         match t {
             Transition::None => return,
             Transition::Ejected(backoff) => {
-                self.metrics
-                    .worker_ejections
-                    .with_label_values(&labels)
-                    .inc();
+                self.metrics.worker_ejected(&self.model, &self.url);
                 tracing::warn!(worker = %self.url, model = %self.model, backoff_ms = backoff.as_millis() as u64, cause, "worker ejected");
             }
             Transition::WentDown => {
@@ -122,18 +133,16 @@ impl Worker {
 
     pub fn update_health_gauge(&self) {
         let now = Instant::now();
-        // 1 healthy, 0 down, 0.5 ejected (half-open or backing off).
-        let value = if self.health.is_ejected(now) || self.health.admit(now) == Admit::Trial {
-            0.5
-        } else if self.health.admit(now) == Admit::Open {
-            1.0
+        let admit = self.health.admit(now);
+        let level = if self.health.is_ejected(now) || admit == Admit::Trial {
+            HealthLevel::Ejected
+        } else if admit == Admit::Open {
+            HealthLevel::Serving
         } else {
-            0.0
+            HealthLevel::Down
         };
         self.metrics
-            .worker_health
-            .with_label_values(&[self.model.as_str(), self.url.as_str()])
-            .set(value);
+            .set_worker_health(&self.model, &self.url, level);
     }
 }
 
@@ -184,9 +193,13 @@ impl Members {
     /// At least one worker may take requests now (for `/ready`).
     pub fn any_reachable(&self) -> bool {
         let now = Instant::now();
-        self.list()
-            .iter()
-            .any(|w| !w.draining.load(Ordering::Relaxed) && w.health.is_reachable(now))
+        self.list().iter().any(|w| w.is_reachable(now))
+    }
+
+    /// How many workers may take requests now (for `/ready`'s per-pool detail).
+    pub fn reachable_count(&self) -> usize {
+        let now = Instant::now();
+        self.list().iter().filter(|w| w.is_reachable(now)).count()
     }
 
     /// Feed one request's outcome on `worker` into its health. `request` is the hash of the
@@ -253,18 +266,13 @@ impl Members {
             } else {
                 w.health.admit(now)
             };
-            let in_flight = w.load.in_flight.load(Ordering::Relaxed);
-            let tokens = w.load.tokens.load(Ordering::Relaxed);
-            // A request bigger than the whole token cap still runs, alone.
-            let has_room = in_flight < s.max_in_flight
-                && (tokens + route.tokens <= s.max_tokens_in_flight || in_flight == 0);
             snaps.push(WorkerSnapshot {
                 index,
                 key: w.key,
-                in_flight,
-                tokens_in_flight: tokens,
+                in_flight: w.in_flight(),
+                tokens_in_flight: w.load.tokens.load(Ordering::Relaxed),
                 available: admit != Admit::Closed,
-                has_room,
+                has_room: w.has_room(s, route.tokens),
             });
             trials.push(admit == Admit::Trial);
         }
@@ -350,6 +358,42 @@ mod tests {
             .list()
             .iter()
             .all(|w| w.in_flight() == 0 && w.load.tokens.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn room_is_the_request_and_token_caps_but_a_big_request_runs_alone() {
+        let settings = PoolArgs {
+            max_in_flight: 2,
+            max_tokens_in_flight: 100,
+            ..PoolArgs::default()
+        };
+        let m = members(1, PolicyKind::LeastOutstanding);
+        let w = m.list()[0].clone();
+        assert!(
+            w.has_room(&settings, 1_000),
+            "idle: even past the token cap"
+        );
+        let first = Lease::take(w.clone(), 60, false, m.freed.clone());
+        assert!(w.has_room(&settings, 40));
+        assert!(!w.has_room(&settings, 41), "60 + 41 tokens > 100");
+        let second = Lease::take(w.clone(), 1, false, m.freed.clone());
+        assert!(!w.has_room(&settings, 1), "two requests in flight");
+        drop((first, second));
+        assert!(w.has_room(&settings, 100));
+    }
+
+    #[test]
+    fn reachable_leaves_out_draining_and_down_workers() {
+        let m = members(3, PolicyKind::LeastOutstanding);
+        assert_eq!(m.reachable_count(), 3);
+        m.list()[0].draining.store(true, Ordering::Relaxed);
+        m.list()[1].health.record_probe(false);
+        m.list()[1].health.record_probe(false);
+        assert_eq!(m.reachable_count(), 1);
+        assert!(m.any_reachable());
+        m.list()[2].draining.store(true, Ordering::Relaxed);
+        assert_eq!(m.reachable_count(), 0);
+        assert!(!m.any_reachable());
     }
 
     #[test]

@@ -1,20 +1,23 @@
 //! The admission queue of one model: requests wait here, in priority then arrival order, until a
-//! worker has room; then they leave in batches, each request holding a [`Lease`] on its worker.
+//! worker has room under its caps (`max_in_flight`, `max_tokens_in_flight`); then each leaves
+//! with a [`Lease`] on the worker the pool's policy picks for it. This is admission, not
+//! batching: the caller sends every request alone, and the workers batch on their own (vLLM
+//! continuously, the in-process engine in its scheduler).
 //!
 //! One task (the actor, [`run`]) owns the waiting line; a cloneable [`QueueHandle`] sends it
 //! tickets. The queue is bounded in length (`queue_capacity`) and in wait (`queue_timeout_secs`):
 //! past either the answer is 429 with `retry-after`, never a hang. A ticket whose caller went
-//! away (client disconnected) is dropped and counted. Which requests form a batch is
-//! [`batch::form_batch`], a pure function.
+//! away (client disconnected) is dropped and counted. Which worker a ticket gets is
+//! [`Members::choose`], asked once per ticket with the load its predecessors just added, so a
+//! burst that arrives in one turn spreads over the workers as the policy says.
+//!
+//! The caller then sends through the lease's worker; a failure before the first byte comes back
+//! here as a new ticket that names that worker in `avoid`.
 
-pub mod batch;
-
-use crate::config::PolicyKind;
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectReason};
 use crate::pool::{Lease, Members, RouteInfo};
 use crate::validate::ValidRequest;
-use batch::{form_batch, BatchItem, BatchLimits, Decision, Room};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,21 +27,32 @@ use tokio::time::Instant;
 /// How long a blocked queue waits before looking again even if nothing woke it (an ejection
 /// running out wakes nobody).
 const RECHECK: Duration = Duration::from_millis(50);
-/// `retry-after` on a 429: long enough for a batch to finish, short enough to keep GPUs busy.
+/// `retry-after` on a 429: long enough for a request in flight to finish, short enough to keep
+/// GPUs busy.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Most tickets taken off the channel in one turn before leases are granted. Taking a burst
+/// together lets priority order it (a more urgent ticket that came a moment later still goes
+/// first); the bound keeps one turn short, so releases and deadlines are seen between bursts.
+const MAX_TICKETS_PER_TURN: usize = 1024;
 
 /// One request waiting for a worker.
 struct Ticket {
     tokens: u64,
-    image_tokens: u64,
     priority: i64,
     affinity: Option<u64>,
     /// Workers this request already failed on: chosen only if nothing else has room.
     avoid: Vec<String>,
     enqueued: Instant,
     deadline: Instant,
+    /// The caller's span (it carries the request id), so what the actor logs about this ticket
+    /// names its request.
+    span: tracing::Span,
     reply: oneshot::Sender<Result<Lease, GatewayError>>,
 }
+
+/// The waiting line, ordered by (priority, arrival): lower priority values first, as vLLM
+/// orders them.
+type Line = BTreeMap<(i64, u64), Ticket>;
 
 /// The sending side of a model's queue. Cheap to clone; the actor stops when every handle is
 /// dropped and the line is empty.
@@ -86,29 +100,24 @@ impl QueueHandle {
     ) -> Result<Lease, GatewayError> {
         let model = self.members.model.as_str();
         if self.members.all_down() {
-            self.metrics
-                .rejections
-                .with_label_values(&[model, "no_worker"])
-                .inc();
-            return Err(GatewayError::NoWorker(model.to_string()));
+            let err = GatewayError::NoWorker(model.to_string());
+            self.metrics.reject(model, &err);
+            return Err(err);
         }
         let now = Instant::now();
         let (reply, rx) = oneshot::channel();
         let ticket = Ticket {
             tokens: req.token_cost(),
-            image_tokens: req.image_tokens,
             priority: req.priority,
             affinity: req.affinity_key(),
             avoid,
             enqueued: now,
             deadline: deadline.min(now + self.members.settings.queue_timeout()),
+            span: tracing::Span::current(),
             reply,
         };
         if self.tx.try_send(ticket).is_err() {
-            self.metrics
-                .rejections
-                .with_label_values(&[model, "queue_full"])
-                .inc();
+            self.metrics.rejected(model, RejectReason::QueueFull);
             return Err(overloaded("the queue is full"));
         }
         rx.await
@@ -123,38 +132,27 @@ fn overloaded(why: &str) -> GatewayError {
     }
 }
 
-/// The actor: owns the waiting line, hands out leases.
+/// The actor: owns the waiting line, grants leases.
 async fn run(
     mut rx: mpsc::Receiver<Ticket>,
     members: Arc<Members>,
     metrics: Metrics,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    let settings = members.settings.clone();
+    let capacity = members.settings.queue_capacity;
     let model = members.model.clone();
-    let limits = BatchLimits {
-        max_requests: settings.batch_max_requests,
-        max_tokens: settings.batch_max_tokens,
-        max_image_tokens: settings.batch_max_image_tokens,
-        max_wait: settings.batch_max_wait(),
-    };
-    let depth = metrics.queue_depth.with_label_values(&[model.as_str()]);
-    // Ordered by (priority, arrival): lower priority values first, as vLLM orders them.
-    let mut waiting: BTreeMap<(i64, u64), Ticket> = BTreeMap::new();
+    let mut waiting = Line::new();
     let mut seq: u64 = 0;
-    let mut hold_until: Option<Instant> = None;
     let mut open = true;
     while open || !waiting.is_empty() {
-        let wake = next_wake(&waiting, hold_until);
+        let wake = next_wake(&waiting);
         tokio::select! {
             ticket = rx.recv(), if open => match ticket {
                 Some(t) => {
-                    accept(&mut waiting, &mut seq, t, settings.queue_capacity, &metrics, &model);
-                    // Take whatever else arrived meanwhile before deciding, so a burst is
-                    // batched; bounded so the loop stays responsive.
-                    for _ in 0..1024 {
+                    accept(&mut waiting, &mut seq, t, capacity, &metrics, &model);
+                    for _ in 0..MAX_TICKETS_PER_TURN {
                         match rx.try_recv() {
-                            Ok(t) => accept(&mut waiting, &mut seq, t, settings.queue_capacity, &metrics, &model),
+                            Ok(t) => accept(&mut waiting, &mut seq, t, capacity, &metrics, &model),
                             Err(_) => break,
                         }
                     }
@@ -162,25 +160,25 @@ async fn run(
                 None => open = false,
             },
             _ = members.freed.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = sleep_until(wake) => {}
             // Only after the drain: whoever still waits is told the gateway is stopping.
             _ = cancel.cancelled() => {
                 for (_, t) in std::mem::take(&mut waiting) {
                     let _ = t.reply.send(Err(GatewayError::ShuttingDown));
                 }
-                depth.set(0);
+                metrics.set_queue_depth(&model, 0);
                 return;
             }
         }
         let now = Instant::now();
         expire(&mut waiting, now, &metrics, &model);
-        hold_until = dispatch(&mut waiting, &members, &limits, now, &metrics);
-        depth.set(waiting.len() as i64);
+        grant(&mut waiting, &members, now, &metrics);
+        metrics.set_queue_depth(&model, waiting.len());
     }
 }
 
 fn accept(
-    waiting: &mut BTreeMap<(i64, u64), Ticket>,
+    waiting: &mut Line,
     seq: &mut u64,
     t: Ticket,
     capacity: usize,
@@ -188,10 +186,8 @@ fn accept(
     model: &str,
 ) {
     if waiting.len() >= capacity {
-        metrics
-            .rejections
-            .with_label_values(&[model, "queue_full"])
-            .inc();
+        metrics.rejected(model, RejectReason::QueueFull);
+        tracing::debug!(parent: &t.span, "queue full");
         let _ = t.reply.send(Err(overloaded("the queue is full")));
         return;
     }
@@ -199,143 +195,73 @@ fn accept(
     waiting.insert((t.priority, *seq), t);
 }
 
-fn next_wake(waiting: &BTreeMap<(i64, u64), Ticket>, hold_until: Option<Instant>) -> Instant {
-    let far = Instant::now() + Duration::from_secs(3600);
-    if waiting.is_empty() {
-        return far;
+/// When to look at the line again if nothing wakes the actor first: the earliest deadline, or
+/// a recheck. `None` when the line is empty: only a ticket or a release can matter then.
+fn next_wake(waiting: &Line) -> Option<Instant> {
+    let earliest_deadline = waiting.values().map(|t| t.deadline).min()?;
+    Some(earliest_deadline.min(Instant::now() + RECHECK))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    let earliest_deadline = waiting.values().map(|t| t.deadline).min().unwrap_or(far);
-    let recheck = Instant::now() + RECHECK;
-    earliest_deadline
-        .min(recheck)
-        .min(hold_until.unwrap_or(far))
 }
 
 /// Drop tickets whose caller left; answer 429 to those past their wait.
-fn expire(
-    waiting: &mut BTreeMap<(i64, u64), Ticket>,
-    now: Instant,
-    metrics: &Metrics,
-    model: &str,
-) {
-    waiting.retain(|_, t| {
+fn expire(waiting: &mut Line, now: Instant, metrics: &Metrics, model: &str) {
+    let done: Vec<(i64, u64)> = waiting
+        .iter()
+        .filter(|(_, t)| t.reply.is_closed() || now >= t.deadline)
+        .map(|(k, _)| *k)
+        .collect();
+    for key in done {
+        let t = waiting
+            .remove(&key)
+            .expect("key taken from the map above; this is a bug");
         if t.reply.is_closed() {
-            metrics.queue_abandoned.with_label_values(&[model]).inc();
-            return false;
+            metrics.left_queue(model);
+            tracing::debug!(parent: &t.span, "caller left the queue");
+        } else {
+            metrics.rejected(model, RejectReason::QueueTimeout);
+            tracing::debug!(parent: &t.span, waited_ms = now.duration_since(t.enqueued).as_millis() as u64, "no worker had room in time");
+            let _ = t.reply.send(Err(overloaded("no worker had room in time")));
         }
-        if now >= t.deadline {
-            metrics
-                .rejections
-                .with_label_values(&[model, "queue_timeout"])
-                .inc();
-            // Take the ticket's reply by replacing it: the entry is removed right after.
-            let (dummy, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut t.reply, dummy);
-            let _ = reply.send(Err(overloaded("no worker had room in time")));
-            return false;
-        }
-        true
-    });
+    }
 }
 
-/// Hand out as many batches as workers have room for. Returns when to look again if a partial
-/// batch is being held.
-fn dispatch(
-    waiting: &mut BTreeMap<(i64, u64), Ticket>,
-    members: &Members,
-    limits: &BatchLimits,
-    now: Instant,
-    metrics: &Metrics,
-) -> Option<Instant> {
+/// Grant leases from the head of the line while the policy finds a worker with room for it.
+/// Each ticket is placed on its own, seeing the load the leases before it added, so the policy
+/// decides where a burst goes. Stops at the first ticket no worker has room for: the line is
+/// served in order, never around its head.
+fn grant(waiting: &mut Line, members: &Members, now: Instant, metrics: &Metrics) {
     let model = members.model.as_str();
-    // Bounded: each round sends at least one ticket or stops.
-    for _ in 0..=waiting.len() {
-        let (&head_key, head) = waiting.iter().next()?;
+    // Bounded: each round grants one ticket or returns.
+    while let Some(head) = waiting.first_entry() {
         let route = RouteInfo {
-            tokens: head.tokens,
-            affinity: head.affinity,
+            tokens: head.get().tokens,
+            affinity: head.get().affinity,
         };
-        let Some((worker, trial)) = members.choose(route, &head.avoid) else {
+        let Some((worker, trial)) = members.choose(route, &head.get().avoid) else {
             if members.all_down() {
                 // Nobody will ever have room: fail everyone now rather than at their deadline.
                 for (_, t) in std::mem::take(waiting) {
-                    metrics
-                        .rejections
-                        .with_label_values(&[model, "no_worker"])
-                        .inc();
-                    let _ = t.reply.send(Err(GatewayError::NoWorker(model.to_string())));
+                    let err = GatewayError::NoWorker(model.to_string());
+                    metrics.reject(model, &err);
+                    let _ = t.reply.send(Err(err));
                 }
             }
-            return None;
+            return;
         };
-        // The batch: the head, then later tickets that may go to the same worker.
-        let same_key = members.settings.policy == PolicyKind::Affinity;
-        let keys: Vec<(i64, u64)> = if trial {
-            vec![head_key]
-        } else {
-            waiting
-                .iter()
-                .filter(|(_, t)| {
-                    !t.avoid.contains(&worker.url) && (!same_key || t.affinity == head.affinity)
-                })
-                .take(limits.max_requests)
-                .map(|(k, _)| *k)
-                .collect()
-        };
-        let items: Vec<BatchItem> = keys
-            .iter()
-            .map(|k| {
-                let t = &waiting[k];
-                BatchItem {
-                    tokens: t.tokens,
-                    image_tokens: t.image_tokens,
-                    enqueued: t.enqueued.into_std(),
-                }
-            })
-            .collect();
-        let s = &members.settings;
-        let room = Room {
-            requests: s.max_in_flight.saturating_sub(worker.in_flight()) as usize,
-            tokens: s
-                .max_tokens_in_flight
-                .saturating_sub(
-                    worker
-                        .load
-                        .tokens
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                )
-                .max(head.tokens),
-        };
-        let n = match form_batch(&items, limits, room, now.into_std()) {
-            // A half-open trial is one request, sent at once.
-            _ if trial => 1,
-            Decision::Dispatch(n) => n,
-            Decision::Hold(until) => return Some(Instant::from_std(until)),
-            Decision::Empty => return None,
-        };
-        let batch_tokens: u64 = items[..n].iter().map(|i| i.tokens).sum();
-        metrics
-            .batch_size
-            .with_label_values(&[model])
-            .observe(n as f64);
-        metrics
-            .batch_tokens
-            .with_label_values(&[model])
-            .observe(batch_tokens as f64);
-        for key in &keys[..n] {
-            let t = waiting
-                .remove(key)
-                .expect("key taken from the map above; this is a bug");
-            metrics
-                .queue_wait
-                .with_label_values(&[model])
-                .observe(now.duration_since(t.enqueued).as_secs_f64());
-            let lease = Lease::take(worker.clone(), t.tokens, trial, members.freed.clone());
-            // A caller that left drops the lease with the message: capacity comes straight back.
-            let _ = t.reply.send(Ok(lease));
-        }
+        let t = head.remove();
+        let waited = now.duration_since(t.enqueued);
+        metrics.waited_in_queue(model, waited);
+        tracing::debug!(parent: &t.span, worker = %worker.url, trial, waited_ms = waited.as_millis() as u64, "admitted");
+        let lease = Lease::take(worker, t.tokens, trial, members.freed.clone());
+        // A caller that left drops the lease with the message: capacity comes straight back.
+        let _ = t.reply.send(Ok(lease));
     }
-    None
 }
 
 #[cfg(test)]

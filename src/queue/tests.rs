@@ -1,4 +1,5 @@
-//! Queue behaviour with paused time: deadlines, bounds, priority, abandonment.
+//! Queue behaviour with paused time: deadlines, bounds, priority, abandonment, and where
+//! admitted requests go.
 
 use super::*;
 use crate::config::PoolArgs;
@@ -249,4 +250,28 @@ async fn requests_spread_up_to_each_workers_cap() {
     drop(leases);
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert!(s.members.list().iter().all(|w| w.in_flight() == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_in_one_turn_spreads_over_idle_workers() {
+    // Caps far above the burst, so only the policy decides where each request goes.
+    let s = setup(
+        3,
+        PoolArgs {
+            queue_capacity: 64,
+            ..settings(256)
+        },
+    );
+    // Polled together on this one task, every ticket is in the channel before the actor runs:
+    // the actor takes the whole burst in one turn.
+    let requests: Vec<ValidRequest> = (0..6).map(|_| request(0)).collect();
+    let burst = requests.iter().map(|r| s.queue.admit(r, vec![], far()));
+    let leases: Vec<Lease> = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("room for all");
+    let counts: Vec<u32> = s.members.list().iter().map(|w| w.in_flight()).collect();
+    assert_eq!(counts, vec![2, 2, 2], "least-outstanding spreads the burst");
+    drop(leases);
 }

@@ -4,6 +4,11 @@
 //! `/health`, `/v1/models`, and knobs for latency, tokens per second, failures and health,
 //! changeable at run time with `POST /control`. `GET /stats` tells a test what the worker saw:
 //! how many requests, how many cancelled mid-way, and the last request (image data elided).
+//!
+//! Behind the cargo feature `fake-worker`: on by default, so `cargo test` and `cargo bench`
+//! have it (a package cannot turn on its own features for its tests), and left out of the
+//! production images, which build with `--no-default-features`. In a test, serve it in-process
+//! with [`FakeWorker::spawn`] on 127.0.0.1:0, or run the `caprl-fake-worker` binary.
 
 use axum::body::Body;
 use axum::extract::State;

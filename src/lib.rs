@@ -28,12 +28,14 @@
 //! - [`config`]: the clap/TOML configuration, validated at start-up.
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
-//! - [`fake_worker`]: a vLLM-compatible fake worker for tests and benchmarks.
+//! - `fake_worker` (feature `fake-worker`, on by default, off in the production images): a
+//!   vLLM-compatible fake worker for tests and benchmarks.
 
 pub mod api;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+#[cfg(feature = "fake-worker")]
 pub mod fake_worker;
 pub mod http;
 pub mod metrics;

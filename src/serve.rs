@@ -1,4 +1,8 @@
 //! `caprl-gateway serve`: bind, serve, drain on SIGTERM, exit.
+//!
+//! Once bound, [`serve`] prints `listening on ADDR` (the bound address, so `--port 0` reports
+//! the port it got) as the first and only line on stdout; logs go to stderr. Tests and scripts
+//! read that line instead of guessing a free port. The fake worker prints the same line.
 
 use crate::config::ServeArgs;
 use crate::http;
@@ -82,5 +86,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    // A fixed form on stdout (line-buffered, so flushed at the newline): connections made
+    // after this line are accepted, since the socket is already listening.
+    println!("listening on {}", listener.local_addr()?);
     run(state, listener, shutdown::signal()).await
 }

@@ -8,34 +8,27 @@ use common::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let worker = FakeProc::start(0, &["--latency-ms", "1500"]);
-    let port = free_port();
     let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_caprl-gateway"))
         .args([
             "serve",
             "--host",
             "127.0.0.1",
             "--port",
-            &port.to_string(),
+            "0",
             "--worker",
             &worker.url(),
             "--shutdown-grace-secs",
             "10",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the gateway");
-    let base = format!("http://127.0.0.1:{port}");
+    // `--port 0`: the gateway prints the port it bound.
+    let base = format!("http://{}", listening_addr(&mut gateway, START_TIMEOUT));
     let ready = wait_for(Duration::from_secs(10), || async {
         matches!(reqwest::get(format!("{base}/ready")).await, Ok(r) if r.status() == 200)
     })

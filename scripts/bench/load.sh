@@ -45,8 +45,9 @@ echo "open files: $(ulimit -n)" >&2
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     echo "building release binaries" >&2
+    # `fake-worker` by name: CARGO_FLAGS=--no-default-features would otherwise drop it.
     # shellcheck disable=SC2086
-    cargo build --release --bins ${CARGO_FLAGS:-}
+    cargo build --release --bins --features fake-worker ${CARGO_FLAGS:-}
 fi
 
 if [ -z "${PYTHON:-}" ]; then

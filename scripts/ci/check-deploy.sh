@@ -13,13 +13,14 @@
 #    structural check of their own; any other kind without a schema is an error
 # 4. yamllint (deploy/.yamllint) over deploy/ and docker/*.yaml
 # 5. hadolint (docker/.hadolint.yaml) over docker/Dockerfile and docker/Dockerfile.cuda
-# 6. consistency: the Grafana dashboard is JSON and every caprl_gateway_* series it queries is
-#    defined in src/metrics.rs; drain timing (preStop + grace < terminationGracePeriodSeconds);
-#    and, when target/debug/caprl-gateway is built, deploy/README.md documents every flag and
-#    environment variable of `serve --help`, and the gateway accepts deploy/base/gateway.toml
+# 6. drain timing: preStop + grace + 3 s < terminationGracePeriodSeconds in every rendered
+#    Deployment that sets CAPRL_SHUTDOWN_GRACE_SECS
 #
-# Environment: VENV (default .venv-ci), K8S_VERSION (default 1.37.0), PYTHON (default python3),
-# GATEWAY_BIN (default target/debug/caprl-gateway).
+# The checks of the deployment files against the code (the dashboard's metric names,
+# deploy/README.md's metric and flag tables, deploy/base/gateway.toml accepted by the config
+# parser) are Rust tests: tests/deploy_docs.rs, run by `cargo test`.
+#
+# Environment: VENV (default .venv-ci), K8S_VERSION (default 1.37.0), PYTHON (default python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -28,7 +29,6 @@ VENV=${VENV:-.venv-ci}
 [[ $VENV == /* ]] || VENV=$ROOT/$VENV
 K8S_VERSION=${K8S_VERSION:-1.37.0}
 PYTHON=${PYTHON:-python3}
-GATEWAY_BIN=${GATEWAY_BIN:-target/debug/caprl-gateway}
 START=$(date +%s)
 
 step() { printf '\n== %s\n' "$*"; }
@@ -160,49 +160,15 @@ step "hadolint: docker/Dockerfile docker/Dockerfile.cuda (docker/.hadolint.yaml)
 hadolint --config docker/.hadolint.yaml docker/Dockerfile docker/Dockerfile.cuda
 echo "hadolint: clean"
 
-step "consistency: dashboard metrics, drain timing, README"
+# The dashboard's metric names, deploy/README.md's metric and flag tables and the shipped
+# gateway.toml are checked against the code by `cargo test --test deploy_docs`.
+step "drain timing: preStop + grace + 3 s < terminationGracePeriodSeconds"
 "$VENV/bin/python" - "$RENDER_DIR"/*.yaml <<'PY'
-import json
-import re
 import sys
 
 import yaml
 
 errors = []
-
-# Every caprl_gateway_* series the dashboard queries is defined in src/metrics.rs.
-src = open("src/metrics.rs").read()
-prefix = "caprl_gateway"
-defined = {f"{prefix}_{n}" for n in re.findall(
-    r'(?:counter|gauge|histogram)\(\s*"([a-z_]+)"', src)}
-# worker_health is built by hand: format!("{PREFIX}_worker_health").
-defined |= {f"{prefix}_{n}" for n in re.findall(r'format!\("\{PREFIX\}_([a-z_]+)"\)', src)}
-if len(defined) < 10:
-    errors.append(f"found only {len(defined)} metric names in src/metrics.rs: parser out of date?")
-dashboard = json.load(open("deploy/grafana/caprl-gateway.json"))
-used = set()
-def walk(node):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in ("expr", "definition") and isinstance(v, str):
-                used.update(re.findall(r"\bcaprl_gateway_[a-z_]+", v))
-            walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            walk(v)
-walk(dashboard)
-for name in sorted(used):
-    base = re.sub(r"_(bucket|sum|count)$", "", name)
-    if name not in defined and base not in defined:
-        errors.append(f"dashboard queries {name}, which src/metrics.rs does not define")
-unused = sorted(defined - {re.sub(r"_(bucket|sum|count)$", "", n) for n in used})
-print(f"dashboard: {len(dashboard['panels'])} panels, {len(used)} gateway series, "
-      f"all defined in src/metrics.rs" + (f" (not charted: {', '.join(unused)})" if unused else ""))
-readme = open("deploy/README.md").read()
-for name in sorted(defined):
-    if name not in readme:
-        errors.append(f"deploy/README.md does not describe the metric {name}")
-
 # Drain timing: preStop sleep + shutdown grace + ~3 s of closing < terminationGracePeriodSeconds.
 for path in sys.argv[1:]:
     for obj in yaml.safe_load_all(open(path)):
@@ -228,45 +194,5 @@ for e in errors:
     print(f"ERROR {e}")
 sys.exit(1 if errors else 0)
 PY
-
-if [[ -x "$GATEWAY_BIN" ]]; then
-    # Every flag and variable of `serve --help` is in the README's configuration table.
-    help=$("$GATEWAY_BIN" serve --help)
-    missing=0
-    while read -r flag; do
-        grep -qF -- "\`$flag\`" deploy/README.md || { echo "ERROR README lacks $flag"; missing=1; }
-    done < <(grep -oE '^ +--[a-z-]+' <<<"$help" | tr -d ' ' | grep -vx -- '--help')
-    while read -r var; do
-        grep -qF -- "\`$var\`" deploy/README.md || { echo "ERROR README lacks $var"; missing=1; }
-    done < <(grep -oE 'CAPRL_[A-Z_]+' <<<"$help" | sort -u)
-    [[ $missing -eq 0 ]] || fail "deploy/README.md's configuration table is out of date"
-    echo "README: every flag and CAPRL_ variable of \`serve --help\` is documented"
-
-    # The gateway accepts the shipped config file (unknown keys are errors), and serves with it.
-    port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    log="$RENDER_DIR/gateway.log"
-    CAPRL_WORKERS=http://127.0.0.1:9 CAPRL_HOST=127.0.0.1 CAPRL_PORT=$port \
-        "$GATEWAY_BIN" serve --config deploy/base/gateway.toml >"$log" 2>&1 &
-    gw=$!
-    up=0
-    for _ in $(seq 1 50); do
-        if "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then
-            up=1
-            break
-        fi
-        kill -0 "$gw" 2>/dev/null || break
-        sleep 0.2
-    done
-    kill -TERM "$gw" 2>/dev/null || true
-    wait "$gw" || true
-    if [[ $up -ne 1 ]]; then
-        cat "$log" >&2
-        fail "caprl-gateway did not start with deploy/base/gateway.toml"
-    fi
-    echo "gateway.toml: accepted by $GATEWAY_BIN (served /health, drained on SIGTERM)"
-else
-    echo "SKIP  README flag table and gateway.toml check: $GATEWAY_BIN is not built" \
-        "(cargo build --bin caprl-gateway)"
-fi
 
 printf '\ncheck-deploy: all checks passed in %ss\n' "$(( $(date +%s) - START ))"

@@ -1,4 +1,6 @@
 //! `caprl-fake-worker`: a vLLM-compatible fake worker on 127.0.0.1, for tests and benchmarks.
+//! Built only with the feature `fake-worker` (on by default). Once bound it prints
+//! `listening on ADDR` on stdout, as `caprl-gateway serve` does.
 
 use caprl_gateway::fake_worker::{Behaviour, FakeWorker};
 use clap::Parser;

@@ -11,6 +11,33 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest a child process may take to print its `listening on ADDR` line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The address a child (`caprl-gateway serve` or `caprl-fake-worker`, both started with piped
+/// stdout) reports in its `listening on ADDR` line, so `--port 0` needs no guessed port. Waits
+/// at most `limit`; a thread keeps draining stdout afterwards so the child never blocks on it.
+pub fn listening_addr(child: &mut Child, limit: Duration) -> SocketAddr {
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Bounded by the child: this ends when its stdout closes.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(limit) {
+        Ok(Some(Ok(line))) => line,
+        Ok(other) => panic!("the child closed stdout before `listening on`: {other:?}"),
+        Err(_) => panic!("no `listening on` line within {limit:?}"),
+    };
+    line.trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line on stdout: {line:?}"))
+}
+
 /// A `caprl-fake-worker` process. Killed on drop.
 pub struct FakeProc {
     pub child: Child,
@@ -30,16 +57,7 @@ impl FakeProc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the fake worker");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the port line");
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the fake worker: {line:?}"));
+        let addr = listening_addr(&mut child, START_TIMEOUT);
         FakeProc {
             child,
             port: addr.port(),
@@ -230,6 +248,41 @@ pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
     img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
         .expect("encode png");
     out
+}
+
+/// Real image bytes in `format`, with the gradient `image_bytes` in tests/e2e/e2e_util.py draws:
+/// pixel (x, y) = (4x, 5y, x + y) mod 256.
+pub fn image_bytes(format: image::ImageFormat, w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 4 % 256) as u8,
+            (y * 5 % 256) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    });
+    encode(image::DynamicImage::ImageRgb8(img), format)
+}
+
+/// One colour all over.
+pub fn solid_image(format: image::ImageFormat, w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    encode(image::DynamicImage::ImageRgb8(img), format)
+}
+
+pub fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode the test image");
+    out
+}
+
+/// A data URL with a declared media type, as the openai client's users write them.
+pub fn data_url_as(bytes: &[u8], media: &str) -> String {
+    use base64::Engine;
+    format!(
+        "data:{media};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 pub fn data_url(bytes: &[u8]) -> String {

@@ -147,7 +147,23 @@ pub struct LimitArgs {
     /// Qwen2.5-VL's `max_pixels`: images are resized down to at most this many pixels.
     #[arg(long, env = "CAPRL_MAX_PIXELS", default_value_t = 12_845_056)]
     pub max_pixels: u64,
+
+    /// Longest context (prompt plus output, in tokens) a worker accepts: vLLM's
+    /// `--max-model-len`, 32768 in deploy/. A `max_tokens` or `max_completion_tokens` above it
+    /// is refused with 400 before a worker sees it.
+    #[arg(long, env = "CAPRL_MAX_MODEL_LEN", default_value_t = 32_768)]
+    pub max_model_len: u64,
+
+    /// Deepest nesting of arrays and objects in a request body. serde_json enforces 128 on
+    /// what the gateway reads, but not on the fields it forwards unread; vLLM's Python parser
+    /// gives up at about 1,000 and answers without the OpenAI envelope.
+    #[arg(long, env = "CAPRL_MAX_JSON_DEPTH", default_value_t = 128)]
+    pub max_json_depth: usize,
 }
+
+/// The chat schema itself nests six deep (body, `messages`, a message, `content`, a part,
+/// `image_url`): a lower depth limit would refuse every image request.
+pub const MIN_JSON_DEPTH: usize = 8;
 
 /// How requests are admitted and routed, and how workers are watched. These are the
 /// defaults of every pool; `[pools.NAME]` in the file overrides them per model.
@@ -417,6 +433,15 @@ impl ServeArgs {
         }
         if l.max_image_bytes == 0 {
             return Err(config_error("limits.max_image_bytes", "must be positive"));
+        }
+        if l.max_model_len == 0 {
+            return Err(config_error("limits.max_model_len", "must be positive"));
+        }
+        if l.max_json_depth < MIN_JSON_DEPTH {
+            return Err(config_error(
+                "limits.max_json_depth",
+                format!("must be at least {MIN_JSON_DEPTH}: the chat schema nests six deep"),
+            ));
         }
         if l.min_pixels == 0 || l.min_pixels > l.max_pixels {
             return Err(config_error(

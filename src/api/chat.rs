@@ -2,47 +2,200 @@
 //! reads. They borrow from the client's bytes; nothing here is serialized back, so every field
 //! not named here (`temperature`, `repetition_penalty`, `chat_template_kwargs`, …) reaches the
 //! worker exactly as the client wrote it.
+//!
+//! The request's objects are read by hand-written visitors rather than `derive`, for two
+//! reasons. A derived struct also accepts a JSON array (its fields by position), which no
+//! OpenAI server reads; these accept only objects. And a derived struct skips unknown fields
+//! with `IgnoredAny`, which serde_json does without its recursion limit, without checking
+//! UTF-8 and without bounding integers; these keep each unknown field as its raw JSON
+//! ([`Extra`]), which serde_json checks for UTF-8 while capturing it, so validation can check
+//! depth and integer size before the worker sees them (`validate::json`).
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::fmt;
+
+/// A field the gateway does not read: its name and the client's raw JSON for its value.
+pub type Extra<'a> = (Cow<'a, str>, &'a RawValue);
+
+/// A string borrowed from the body when it has no escapes (serde's own `Cow<str>` always
+/// copies).
+#[derive(Debug)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Read one known field's value into its slot; a second occurrence is an error (a body with
+/// the key twice would mean one thing here and, to a worker that keeps the last, another).
+fn fill<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<Option<T>>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// Walk an object's entries: `known` reads the fields it names and answers `true`; every
+/// other field is kept raw in the returned list.
+fn entries<'de, A, F>(mut map: A, mut known: F) -> Result<Vec<Extra<'de>>, A::Error>
+where
+    A: MapAccess<'de>,
+    F: FnMut(&str, &mut A) -> Result<bool, A::Error>,
+{
+    let mut extra = Vec::new();
+    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        if !known(&key, &mut map)? {
+            let raw: &'de RawValue = map.next_value()?;
+            extra.push((key, raw));
+        }
+    }
+    Ok(extra)
+}
+
+/// `impl Deserialize` for a view read by [`entries`]: only a JSON object is accepted.
+macro_rules! object_view {
+    ($ty:ident, $what:literal, |$map:ident| $body:expr) => {
+        impl<'de: 'a, 'a> Deserialize<'de> for $ty<'a> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                    type Value = $ty<'a>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        $map: A,
+                    ) -> Result<Self::Value, A::Error> {
+                        $body
+                    }
+                }
+                d.deserialize_map(V(std::marker::PhantomData))
+            }
+        }
+    };
+}
 
 /// A chat completion request, as far as the gateway interprets it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct ChatRequestView<'a> {
-    #[serde(borrow, default)]
     pub model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub messages: Option<Vec<MessageView<'a>>>,
-    #[serde(default)]
     pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
+    pub stream_options: Option<StreamOptions<'a>>,
     pub max_tokens: Option<u64>,
-    #[serde(default)]
     pub max_completion_tokens: Option<u64>,
-    #[serde(default)]
     pub n: Option<u32>,
     /// Lower runs first (vLLM's convention). The gateway's queue honours it.
-    #[serde(default)]
     pub priority: Option<i64>,
+    /// Every other top-level field, forwarded as it is.
+    pub extra: Vec<Extra<'a>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
+object_view!(
+    ChatRequestView,
+    "a chat completion request (a JSON object)",
+    |map| {
+        let (mut model, mut messages, mut stream, mut stream_options) = (None, None, None, None);
+        let (mut max_tokens, mut max_completion_tokens, mut n, mut priority) =
+            (None, None, None, None);
+        let extra = entries(map, |key, map| {
+            match key {
+                "model" => fill(map, &mut model, "model")?,
+                "messages" => fill(map, &mut messages, "messages")?,
+                "stream" => fill(map, &mut stream, "stream")?,
+                "stream_options" => fill(map, &mut stream_options, "stream_options")?,
+                "max_tokens" => fill(map, &mut max_tokens, "max_tokens")?,
+                "max_completion_tokens" => {
+                    fill(map, &mut max_completion_tokens, "max_completion_tokens")?
+                }
+                "n" => fill(map, &mut n, "n")?,
+                "priority" => fill(map, &mut priority, "priority")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(ChatRequestView {
+            model: model.flatten().map(|s: Str<'a>| s.0),
+            messages: messages.flatten(),
+            stream: stream.flatten(),
+            stream_options: stream_options.flatten(),
+            max_tokens: max_tokens.flatten(),
+            max_completion_tokens: max_completion_tokens.flatten(),
+            n: n.flatten(),
+            priority: priority.flatten(),
+            extra,
+        })
+    }
+);
+
+#[derive(Debug, Default)]
+pub struct StreamOptions<'a> {
     pub include_usage: Option<bool>,
+    pub extra: Vec<Extra<'a>>,
 }
+
+object_view!(StreamOptions, "an object of stream options", |map| {
+    let mut include_usage = None;
+    let extra = entries(map, |key, map| match key {
+        "include_usage" => fill(map, &mut include_usage, "include_usage").map(|()| true),
+        _ => Ok(false),
+    })?;
+    Ok(StreamOptions {
+        include_usage: include_usage.flatten(),
+        extra,
+    })
+});
 
 /// One message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct MessageView<'a> {
-    #[serde(borrow, default)]
     pub role: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub content: Content<'a>,
+    /// `name`, `tool_calls`, `tool_call_id`, …: forwarded as they are.
+    pub extra: Vec<Extra<'a>>,
 }
+
+object_view!(MessageView, "a message (a JSON object)", |map| {
+    let (mut role, mut content) = (None, None);
+    let extra = entries(map, |key, map| {
+        match key {
+            "role" => fill(map, &mut role, "role")?,
+            "content" => fill::<_, Content<'a>>(map, &mut content, "content")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    Ok(MessageView {
+        role: role.flatten().map(|s: Str<'a>| s.0),
+        // Absent and null are the same: no content (assistant messages with tool calls).
+        content: content.flatten().unwrap_or_default(),
+        extra,
+    })
+});
 
 /// A message's `content`, read in the same pass as the rest of the body: a data URL of a
 /// megabyte is scanned once, not once per nesting level.
@@ -61,7 +214,7 @@ pub enum Content<'a> {
 impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = Content<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string or an array of content parts")
@@ -113,15 +266,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 }
 
 /// A content part of an array `content`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct PartView<'a> {
-    #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
-    #[serde(default)]
     pub text: Option<TextLen>,
-    #[serde(borrow, default)]
     pub image_url: Option<ImageUrl<'a>>,
+    pub extra: Vec<Extra<'a>>,
 }
+
+object_view!(PartView, "a content part (a JSON object)", |map| {
+    let (mut kind, mut text, mut image_url) = (None, None, None);
+    let extra = entries(map, |key, map| {
+        match key {
+            "type" => fill(map, &mut kind, "type")?,
+            "text" => fill(map, &mut text, "text")?,
+            "image_url" => fill(map, &mut image_url, "image_url")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    let kind: Option<Str<'a>> = kind.flatten();
+    Ok(PartView {
+        kind: kind.ok_or_else(|| de::Error::missing_field("type"))?.0,
+        text: text.flatten(),
+        image_url: image_url.flatten(),
+        extra,
+    })
+});
 
 /// The length of a string field, without keeping it.
 #[derive(Debug, Clone, Copy)]
@@ -143,43 +314,27 @@ impl<'de> Deserialize<'de> for TextLen {
     }
 }
 
-/// `image_url` is `{"url": "...", "detail": ...}` (OpenAI) or, leniently, the URL string.
-#[derive(Debug)]
-pub struct ImageUrl<'a>(pub Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for ImageUrl<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = ImageUrl<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object with a `url` string, or a URL string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(ImageUrl(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(ImageUrl(Cow::Owned(v.to_string())))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut url = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "url" {
-                        url = Some(map.next_value::<ImageUrl<'a>>()?.0);
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                url.map(ImageUrl)
-                    .ok_or_else(|| serde::de::Error::missing_field("url"))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
+/// `image_url` is `{"url": "...", "detail": ...}`, as OpenAI defines it: an object with a
+/// string `url`. A bare string or an object `url` is refused (vLLM reads neither).
+#[derive(Debug, Default)]
+pub struct ImageUrl<'a> {
+    pub url: Cow<'a, str>,
+    /// `detail` and anything else: forwarded as it is.
+    pub extra: Vec<Extra<'a>>,
 }
+
+object_view!(ImageUrl, "an object with a string `url`", |map| {
+    let mut url = None;
+    let extra = entries(map, |key, map| match key {
+        "url" => fill(map, &mut url, "url").map(|()| true),
+        _ => Ok(false),
+    })?;
+    let url: Option<Str<'a>> = url.flatten();
+    Ok(ImageUrl {
+        url: url.ok_or_else(|| de::Error::missing_field("url"))?.0,
+        extra,
+    })
+});
 
 /// The roles the OpenAI API defines.
 pub const ROLES: &[&str] = &[

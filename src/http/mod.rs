@@ -3,10 +3,12 @@
 //! connection.
 //!
 //! The path of a chat request through this module: `middleware::observe` (request id, span,
-//! metrics) → `middleware::require_key` (when a key is set) → `extract::RawBody` (body limit) →
+//! metrics) → `edge::check_head` (`Host`, a declared length over the limit) →
+//! `middleware::require_key` (when a key is set) → `extract::RawBody` (body limit) →
 //! `chat::completions` (validate, queue, send) → `relay` (the answer, whole or streamed).
 
 mod chat;
+mod edge;
 mod extract;
 pub mod middleware;
 mod ops;
@@ -35,9 +37,16 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        // Bodies past the limit are refused while being read (by Content-Length when given),
-        // before validation allocates anything for them.
+        // A body without a declared length (chunked) is refused once it passes the limit
+        // while being read, before validation allocates anything for it.
         .layer(DefaultBodyLimit::max(body_limit))
+        // A declared Content-Length over the limit, and a missing, repeated or malformed Host,
+        // are refused from the head alone, before the body is polled (so before hyper sends
+        // `100 Continue`): see `edge`.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::check_head,
+        ))
         // Outermost: every response, errors included, carries the request id and is counted.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

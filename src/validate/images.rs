@@ -127,15 +127,12 @@ pub fn check_data_url_sniffed(
     let (meta, payload) = rest
         .split_once(',')
         .ok_or_else(|| invalid("malformed data URL: no ',' before the data".into()))?;
-    let mut params = meta.split(';');
-    let media_type = params.next().unwrap_or_default().trim();
-    let is_base64 = params.any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    let (media_type, encoding) = match meta.split_once(';') {
+        Some((m, e)) => (m.trim(), Some(e)),
+        None => (meta.trim(), None),
+    };
     check_media_type(media_type).map_err(invalid)?;
-    if !is_base64 {
-        return Err(invalid(
-            "data URL must be base64-encoded (data:image/png;base64,...)".into(),
-        ));
-    }
+    check_encoding(encoding).map_err(invalid)?;
 
     // Decoded length is at most 3/4 of the encoded one: refuse before allocating.
     let payload = payload.trim_end();
@@ -216,6 +213,52 @@ fn decode_base64(payload: &str) -> Option<Vec<u8>> {
     base64_simd::STANDARD_NO_PAD
         .decode_to_vec(unpadded.as_bytes())
         .ok()
+}
+
+/// What may follow the media type: exactly `;base64`. RFC 2397 makes the token
+/// case-insensitive and allows parameters before it (`;charset=…;base64`), but vLLM takes
+/// everything after the first `;` and accepts only the exact string `base64` (anything else is
+/// its 501 "Only base64 data URLs are supported"), so those would pass here and fail on the
+/// worker.
+///
+/// Refused rather than normalised: rewriting `;BASE64` to `;base64` would copy the whole body
+/// (up to `max_body_bytes`) for a request that is otherwise forwarded as received, and hide
+/// from the client that its URLs do not work against a plain vLLM; a 400 naming the field
+/// costs the client one fix.
+fn check_encoding(encoding: Option<&str>) -> Result<(), String> {
+    match encoding {
+        Some("base64") => Ok(()),
+        Some(e) if e.trim().eq_ignore_ascii_case("base64") => Err(format!(
+            "write the data URL's `;{e}` as `;base64` (lowercase, no spaces): workers read only that"
+        )),
+        Some(e) if e.split(';').any(|p| p.trim().eq_ignore_ascii_case("base64")) => Err(format!(
+            "data URL parameters `;{e}` are not supported: write data:image/png;base64,..."
+        )),
+        _ => Err("data URL must be base64-encoded (data:image/png;base64,...)".into()),
+    }
+}
+
+/// Whether an `http(s)://` URL names a host: `scheme://` then an authority with a non-empty
+/// host (after any `user@`, before any `:port`). The scheme has been checked by the caller.
+pub fn has_host(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once(':') else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix("//") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host_port.starts_with('[') {
+        // An IPv6 literal: everything up to the `]`.
+        host_port.split_once(']').map_or("", |(h, _)| &h[1..])
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    !host.is_empty()
+        && !host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
 /// Media types a data URL may declare. The bytes decide the real format: a declared subtype
@@ -354,6 +397,52 @@ mod tests {
         )
         .expect_err("tiff declared");
         assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn only_lowercase_base64_with_no_parameters_is_read() {
+        let bytes = png(8, 8);
+        for (prefix, hint) in [
+            ("data:image/png;BASE64,", "lowercase"),
+            ("data:image/png;Base64,", "lowercase"),
+            ("data:image/png; base64,", "lowercase"),
+            ("data:image/png;charset=utf-8;base64,", "not supported"),
+            ("data:image/png;base64;x=y,", "not supported"),
+        ] {
+            let err = check_data_url(&url(prefix, &bytes), &LIMITS, false, "p").expect_err(prefix);
+            assert_eq!(err.status(), 400, "{prefix}");
+            assert!(err.to_string().contains(hint), "{prefix}: {err}");
+            let v = serde_json::to_value(err.envelope()).expect("json");
+            assert_eq!(v["error"]["param"], "p");
+        }
+        // The scheme and the media type are case-insensitive to vLLM too.
+        check_data_url(&url("DATA:IMAGE/PNG;base64,", &bytes), &LIMITS, false, "p")
+            .expect("upper-case scheme and type");
+    }
+
+    #[test]
+    fn http_urls_need_a_host() {
+        for ok in [
+            "http://example.com/a.png",
+            "https://u:p@example.com:8443/a.png?x#y",
+            "http://[::1]:80/a.png",
+            "HTTPS://h",
+        ] {
+            assert!(has_host(ok), "{ok}");
+        }
+        for bad in [
+            "http:",
+            "http:/a.png",
+            "http://",
+            "https:///a.png",
+            "http://:80/a.png",
+            "http://user@/a.png",
+            "http://[]/a.png",
+            "http:// /a.png",
+            "https:example.com/a.png",
+        ] {
+            assert!(!has_host(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! measurements the queue and the pool decide with.
 
 pub mod images;
+pub mod json;
 mod rewrite;
 
 use crate::api::chat::{ChatRequestView, Content, MessageView, PartView, ROLES};
@@ -22,6 +23,19 @@ pub const REMOTE_IMAGE_TOKENS: u64 = 1369;
 pub const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 1024;
 /// Bytes of prompt text per token, for the admission estimate (BPE on English averages ~4).
 const BYTES_PER_TOKEN: u64 = 4;
+/// Most choices one request may ask for: OpenAI's own cap on `n`. Each choice is a sequence
+/// in the worker's batch, so `n` multiplies a request's cost.
+pub const MAX_N: u32 = 128;
+
+/// How deep each object the gateway reads sits in the body (the body is 1), for the depth
+/// limit on the unknown fields inside it.
+mod depth {
+    pub const BODY: usize = 1;
+    pub const STREAM_OPTIONS: usize = 2;
+    pub const MESSAGE: usize = 3;
+    pub const PART: usize = 5;
+    pub const IMAGE_URL: usize = 6;
+}
 
 /// A request that passed every check: the only thing the queue accepts.
 #[derive(Debug)]
@@ -71,6 +85,16 @@ pub struct ValidateOptions<'a> {
     pub image_rejected: &'a dyn Fn(Option<ImageFormat>),
 }
 
+impl ValidateOptions<'_> {
+    /// The longest context `model`'s workers accept, which bounds `max_tokens`. This is the
+    /// hook for a worker-reported `max_model_len` (vLLM's `/v1/models` has one): give
+    /// `ValidateOptions` a `max_model_len: &dyn Fn(&str) -> Option<u64>` filled from the pool
+    /// (`http/chat.rs`), and prefer it here. Until then, the configured `--max-model-len`.
+    pub fn max_model_len(&self, _model: &str) -> u64 {
+        self.limits.max_model_len
+    }
+}
+
 /// Check a chat completion body.
 pub fn validate_chat(
     body: Bytes,
@@ -80,7 +104,9 @@ pub fn validate_chat(
     let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        // serde_path_to_error says "." for the root and "?" where it has no path.
+        // serde_path_to_error says "." for the root and "?" where it has no path (a key
+        // that failed to parse): name the object that holds it.
+        let path = path.trim_end_matches(".?").to_string();
         let param = (path != "." && path != "?").then_some(path);
         GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
     })?;
@@ -115,6 +141,42 @@ pub fn validate_chat(
             "`n` must be at least 1",
             Some("n".into()),
         ));
+    }
+    if n > MAX_N {
+        return Err(GatewayError::invalid(
+            format!("`n` must be at most {MAX_N}"),
+            Some("n".into()),
+        ));
+    }
+    let context = opts.max_model_len(&model);
+    for (name, value) in [
+        ("max_tokens", view.max_tokens),
+        ("max_completion_tokens", view.max_completion_tokens),
+    ] {
+        match value {
+            Some(0) => {
+                return Err(GatewayError::invalid(
+                    format!("`{name}` must be at least 1"),
+                    Some(name.into()),
+                ))
+            }
+            // Prompt and output must both fit; the prompt's length is only estimated here,
+            // so refuse only what cannot fit even with an empty prompt.
+            Some(t) if t > context => {
+                return Err(GatewayError::invalid(
+                    format!("`{name}` is {t}; the model's context is {context} tokens"),
+                    Some(name.into()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let max_depth = opts.limits.max_json_depth;
+    json::check_extras(&view.extra, depth::BODY, max_depth, &String::new)?;
+    if let Some(options) = &view.stream_options {
+        json::check_extras(&options.extra, depth::STREAM_OPTIONS, max_depth, &|| {
+            "stream_options.".into()
+        })?;
     }
 
     let limits = ImageLimits::from(opts.limits);
@@ -183,6 +245,12 @@ fn scan_message(
     opts: &ValidateOptions<'_>,
     scan: &mut Scan,
 ) -> Result<(), GatewayError> {
+    json::check_extras(
+        &message.extra,
+        depth::MESSAGE,
+        opts.limits.max_json_depth,
+        &|| format!("messages[{i}]."),
+    )?;
     let role = message.role.as_deref().ok_or_else(|| {
         GatewayError::invalid(
             "each message needs a `role`",
@@ -229,6 +297,12 @@ fn scan_part(
 ) -> Result<(), GatewayError> {
     let max_images = opts.limits.max_images_per_request;
     let param = || format!("messages[{i}].content[{j}]");
+    json::check_extras(
+        &part.extra,
+        depth::PART,
+        opts.limits.max_json_depth,
+        &|| format!("{}.", param()),
+    )?;
     match part.kind.as_ref() {
         "text" => {
             let text = part.text.ok_or_else(|| {
@@ -242,16 +316,16 @@ fn scan_part(
         }
         "image_url" => {
             let param = format!("{}.image_url", param());
-            let url = &part
-                .image_url
-                .as_ref()
-                .ok_or_else(|| {
-                    GatewayError::invalid(
-                        "an image_url part needs `image_url`",
-                        Some(param.clone()),
-                    )
-                })?
-                .0;
+            let image_url = part.image_url.as_ref().ok_or_else(|| {
+                GatewayError::invalid("an image_url part needs `image_url`", Some(param.clone()))
+            })?;
+            json::check_extras(
+                &image_url.extra,
+                depth::IMAGE_URL,
+                opts.limits.max_json_depth,
+                &|| format!("{param}."),
+            )?;
+            let url = &image_url.url;
             if scan.images.len() + scan.remote_images >= max_images {
                 return Err(GatewayError::too_large(
                     format!("more than {max_images} images in one request"),
@@ -270,7 +344,13 @@ fn scan_part(
                         }
                     }
                 }
-                Some("http" | "https") => scan.remote_images += 1,
+                Some("http" | "https") if images::has_host(url) => scan.remote_images += 1,
+                Some("http" | "https") => {
+                    return Err(GatewayError::invalid(
+                        "an http(s) image URL needs a host (http://host/path)",
+                        Some(param),
+                    ))
+                }
                 _ => {
                     return Err(GatewayError::invalid(
                         "image URLs must be data: URLs (data:image/png;base64,...) or http(s)://",

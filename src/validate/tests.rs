@@ -131,3 +131,256 @@ fn stream_without_usage_asks_the_worker_for_it() {
     assert_eq!(sent["stream_options"]["include_usage"], true);
     assert!(sent.get("priority").is_none());
 }
+
+fn text_body(extra: &str) -> String {
+    format!(r#"{{"model":"caprl",{extra}"messages":[{{"role":"user","content":"hi"}}]}}"#)
+}
+
+/// `body` is refused with 400 and `param`.
+fn refused(body: &str, want_param: &str) -> GatewayError {
+    let err = run(body).expect_err(body);
+    assert_eq!(err.status(), 400, "{body}: {err}");
+    let want = if want_param.is_empty() {
+        serde_json::Value::Null
+    } else {
+        want_param.into()
+    };
+    assert_eq!(param(&err), want, "{body}: {err}");
+    err
+}
+
+#[test]
+fn max_tokens_within_one_and_the_context() {
+    let context = limits().max_model_len;
+    assert_eq!(context, 32_768, "the documented default");
+    for name in ["max_tokens", "max_completion_tokens"] {
+        refused(&text_body(&format!(r#""{name}":0,"#)), name);
+        let err = refused(&text_body(&format!(r#""{name}":{},"#, context + 1)), name);
+        assert!(err.to_string().contains("32768"), "{err}");
+        refused(
+            &text_body(&format!(r#""{name}":9223372036854775807,"#)),
+            name,
+        );
+        run(&text_body(&format!(r#""{name}":{context},"#))).expect("exactly the context");
+        run(&text_body(&format!(r#""{name}":1,"#))).expect("one token");
+        run(&text_body(&format!(r#""{name}":null,"#))).expect("null is absent");
+    }
+}
+
+#[test]
+fn n_is_one_to_128() {
+    refused(&text_body(r#""n":0,"#), "n");
+    refused(&text_body(r#""n":129,"#), "n");
+    refused(&text_body(r#""n":1000000,"#), "n");
+    refused(&text_body(r#""n":-1,"#), "n");
+    let v = run(&text_body(r#""n":128,"max_tokens":2,"#)).expect("128");
+    assert_eq!(v.max_output_tokens, 256);
+}
+
+#[test]
+fn image_url_is_an_object_with_a_string_url() {
+    let part = |image_url: &str| {
+        format!(
+            r#"{{"model":"caprl","messages":[{{"role":"user","content":[{{"type":"text","text":"x"}},{{"type":"image_url","image_url":{image_url}}}]}}]}}"#
+        )
+    };
+    let url = png_url(8, 8);
+    run(&part(&format!(r#"{{"url":"{url}","detail":"high"}}"#))).expect("the OpenAI shape");
+    // A bare string was accepted leniently before; vLLM refuses it.
+    refused(
+        &part(&format!(r#""{url}""#)),
+        "messages[0].content[1].image_url",
+    );
+    refused(
+        &part(r#"{"url":{"url":"https://example.com/a.png"}}"#),
+        "messages[0].content[1].image_url.url",
+    );
+    refused(
+        &part(r#"{"url":5}"#),
+        "messages[0].content[1].image_url.url",
+    );
+    refused(
+        &part(r#"{"detail":"low"}"#),
+        "messages[0].content[1].image_url",
+    );
+    refused(
+        &part(r#"["https://example.com/a.png"]"#),
+        "messages[0].content[1].image_url",
+    );
+    // A repeated key is named in the message; `param` is the object holding it.
+    let err = refused(
+        &part(r#"{"url":"https://a/x.png","url":"https://b/y.png"}"#),
+        "messages[0].content[1].image_url",
+    );
+    assert!(err.to_string().contains("duplicate field `url`"), "{err}");
+}
+
+#[test]
+fn image_urls_workers_cannot_read_are_refused() {
+    let part = |url: &str| {
+        format!(
+            r#"{{"model":"caprl","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"{url}"}}}}]}}]}}"#
+        )
+    };
+    let b64 = png_url(8, 8);
+    let b64 = b64.split_once(',').expect("a data URL").1;
+    for prefix in [
+        "data:image/png;BASE64,",
+        "data:image/png;Base64,",
+        "data:image/png;charset=utf-8;base64,",
+    ] {
+        refused(
+            &part(&format!("{prefix}{b64}")),
+            "messages[0].content[0].image_url",
+        );
+    }
+    for url in [
+        "http://",
+        "https:///a.png",
+        "http:a.png",
+        "https://:443/a.png",
+    ] {
+        let err = refused(&part(url), "messages[0].content[0].image_url");
+        assert!(err.to_string().contains("host"), "{url}: {err}");
+    }
+    let v = run(&part("https://example.com/a.png")).expect("a remote image");
+    assert_eq!(v.remote_images, 1);
+}
+
+#[test]
+fn objects_must_not_be_arrays() {
+    refused(r#"["caprl",[{"role":"user","content":"hi"}]]"#, "");
+    refused(
+        r#"{"model":"caprl","messages":[["user","hi"]]}"#,
+        "messages[0]",
+    );
+    refused(
+        r#"{"model":"caprl","messages":[{"role":"user","content":[["text","hi"]]}]}"#,
+        "messages[0].content[0]",
+    );
+    refused(
+        &text_body(r#""stream":true,"stream_options":[true],"#),
+        "stream_options",
+    );
+    refused(&text_body(r#""messages":{"role":"user"},"#), "messages");
+}
+
+#[test]
+fn known_fields_may_appear_once() {
+    // The gateway would read the first, a Python worker keeps the last.
+    let err = refused(
+        r#"{"model":"caprl","model":"other","messages":[{"role":"user","content":"hi"}]}"#,
+        "",
+    );
+    assert!(err.to_string().contains("duplicate field `model`"), "{err}");
+    let err = refused(
+        r#"{"model":"caprl","messages":[{"role":"user","role":"system","content":"hi"}]}"#,
+        "messages[0]",
+    );
+    assert!(err.to_string().contains("duplicate field `role`"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_bounded_in_depth() {
+    let max = limits().max_json_depth;
+    assert_eq!(max, 128, "the documented default");
+    let nest = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    // The body is level 1, so a top-level field may nest max - 1 levels.
+    run(&text_body(&format!(r#""deep":{},"#, nest(max - 1)))).expect("at the limit");
+    let err = refused(&text_body(&format!(r#""deep":{},"#, nest(max))), "deep");
+    assert!(err.to_string().contains("128"), "{err}");
+    refused(&text_body(&format!(r#""deep":{},"#, nest(10_000))), "deep");
+    // Deeper objects have less room: a message is level 3, a part 5, image_url 6.
+    let msg = |extra: &str| {
+        format!(r#"{{"model":"caprl","messages":[{{"role":"user",{extra}"content":"hi"}}]}}"#)
+    };
+    run(&msg(&format!(r#""tool_calls":{},"#, nest(max - 3)))).expect("at the limit");
+    refused(
+        &msg(&format!(r#""tool_calls":{},"#, nest(max - 2))),
+        "messages[0].tool_calls",
+    );
+    let url = png_url(8, 8);
+    let img = |extra: &str| {
+        format!(
+            r#"{{"model":"caprl","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"{url}","detail":{extra}}}}}]}}]}}"#
+        )
+    };
+    run(&img(&nest(max - 6))).expect("at the limit");
+    refused(
+        &img(&nest(max - 5)),
+        "messages[0].content[0].image_url.detail",
+    );
+    run(&text_body(&format!(
+        r#""stream_options":{{"x":{}}},"#,
+        nest(max - 2)
+    )))
+    .expect("at the limit");
+    refused(
+        &text_body(&format!(r#""stream_options":{{"x":{}}},"#, nest(max - 1))),
+        "stream_options.x",
+    );
+}
+
+#[test]
+fn unknown_fields_hold_64_bit_integers() {
+    refused(
+        &text_body(&format!(r#""seed":{},"#, "9".repeat(100_000))),
+        "seed",
+    );
+    refused(&text_body(r#""seed":18446744073709551616,"#), "seed");
+    refused(
+        &text_body(r#""logit_bias":{"1":-99999999999999999999},"#),
+        "logit_bias",
+    );
+    refused(
+        r#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"text","text":"x","cache":123456789012345678901}]}]}"#,
+        "messages[0].content[0].cache",
+    );
+    run(&text_body(
+        r#""seed":18446744073709551615,"x":-9223372036854775808,"t":1e300,"#,
+    ))
+    .expect("64-bit integers and floats");
+    // Typed fields were already bounded by their types.
+    refused(
+        &text_body(r#""max_tokens":123456789012345678901234,"#),
+        "max_tokens",
+    );
+}
+
+#[test]
+fn the_whole_body_is_utf8() {
+    let with = |field: &[u8]| {
+        let mut b = br#"{"model":"caprl","messages":[{"role":"user","content":"hi""#.to_vec();
+        b.extend_from_slice(field);
+        b.extend_from_slice(b"}]}");
+        b
+    };
+    let check = |body: Vec<u8>, want: &str| {
+        let limits = limits();
+        let opts = ValidateOptions {
+            limits: &limits,
+            is_served: &|m| m == "caprl",
+            keep_image_bytes: &|_| false,
+            image_rejected: &|_| {},
+        };
+        let err = validate_chat(Bytes::from(body), &opts).expect_err("invalid UTF-8");
+        assert_eq!(err.status(), 400, "{err}");
+        assert_eq!(param(&err), serde_json::Value::from(want), "{err}");
+    };
+    // In a field the gateway forwards unread, nested, and in a key.
+    check(with(b",\"name\":\"\xff\""), "messages[0].name");
+    check(
+        with(b",\"meta\":{\"a\":[\"ok\",\"\xc3\x28\"]}"),
+        "messages[0].meta",
+    );
+    check(with(b",\"\xfe\":1"), "messages[0]");
+    // In text the gateway reads.
+    check(
+        br#"{"model":"caprl","messages":[{"role":"user","content":"caf"#
+            .iter()
+            .copied()
+            .chain(*b"\xe9\"}]}")
+            .collect(),
+        "messages[0].content",
+    );
+}

@@ -1,5 +1,19 @@
+//! `caprl-gateway`: parses the command line, starts logging and a Tokio runtime, and serves.
+//!
+//! The process allocates with jemalloc, not glibc's malloc: a burst of hostile connections (1 MB
+//! bodies, stalled heads) left glibc holding hundreds of MiB it never returned, while jemalloc's
+//! background threads purge freed pages after the decay time even when the gateway is idle
+//! (figures and commands: docs/BENCHMARKS.md, "Memory after connection bursts").
+
 use caprl_gateway::config::{self, Command};
 use std::process::ExitCode;
+
+/// jemalloc, with background purging threads on (the `background_threads` feature in Cargo.toml
+/// builds `background_thread:true` in) and the dirty-page decay from .cargo/config.toml
+/// (`JEMALLOC_SYS_WITH_MALLOC_CONF`). `_RJEM_MALLOC_CONF` overrides either at run time.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = match config::parse_cli() {

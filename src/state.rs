@@ -144,7 +144,7 @@ fn candle_worker(
     policy: HealthPolicy,
     metrics: &Metrics,
 ) -> anyhow::Result<Worker> {
-    let handle = worker::candle::EngineHandle::load(dir, &config.engine, model, &metrics.registry)?;
+    let handle = worker::candle::CandleWorker::load(dir, &config.engine, model, &metrics.registry)?;
     Ok(Worker::new(
         format!("candle:{}", dir.display()),
         model.to_string(),

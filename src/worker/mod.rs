@@ -19,7 +19,7 @@ pub enum Backend {
     Http { base: String },
     /// The in-process engine.
     #[cfg(feature = "candle")]
-    Candle(candle::EngineHandle),
+    Candle(candle::CandleWorker),
 }
 
 impl Backend {

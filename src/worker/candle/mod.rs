@@ -1,9 +1,10 @@
 //! The in-process Qwen2.5-VL engine (feature `candle`), behind the same [`Upstream`] an HTTP
 //! worker answers with.
 //!
-//! [`EngineHandle::load`] loads the model directory on the configured device and dtype and
-//! starts `caprl_engine`'s scheduler thread. [`EngineHandle::submit`] reads the validated body
-//! for the engine ([`params`]), hands it the image bytes validation kept, and answers with a
+//! [`CandleWorker::load`] hands the model directory and the engine flags to [`Engine::load`],
+//! which loads the model on the configured device and dtype and starts `caprl_engine`'s
+//! scheduler thread. [`CandleWorker::submit`] reads the validated body for the engine
+//! ([`params`]), hands it the image bytes validation kept, and answers with a
 //! body that streams exactly what vLLM would send ([`wire`]); a bad parameter is a 400 with an
 //! OpenAI error body, as from vLLM. The relay (`crate::http::relay`) then treats the answer
 //! as any worker's; a client that hangs up drops the body and so cancels the sequence.
@@ -17,71 +18,38 @@ use crate::error::GatewayError;
 use crate::validate::ValidRequest;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use caprl_engine::engine::{
-    parse_device, DType, EngineConfig, EngineHandle as Engine, EngineMetrics, GenerateRequest,
-    SubmitError,
-};
-use caprl_engine::model::Qwen25VL;
-use caprl_engine::processor;
-use caprl_engine::prompt::PromptBuilder;
-use caprl_engine::sampling::SamplingDefaults;
-use caprl_engine::scheduler::SchedulerConfig;
+use caprl_engine::{Dtype, Engine, EngineOptions, GenerateRequest, SubmitError};
 use futures::StreamExt;
 use std::path::Path;
-use std::sync::Arc;
 
-/// A cloneable handle on a running engine.
+/// A cloneable handle on a running engine: the gateway's worker for it.
 #[derive(Debug, Clone)]
-pub struct EngineHandle {
+pub struct CandleWorker {
     engine: Engine,
 }
 
-impl EngineHandle {
+impl CandleWorker {
     /// Load a Hugging Face model directory and start the engine's scheduler.
     pub fn load(
         dir: &Path,
         args: &EngineArgs,
         served_model_name: &str,
         registry: &prometheus::Registry,
-    ) -> anyhow::Result<EngineHandle> {
-        let device = parse_device(&args.device)?;
-        let dtype = match args.dtype {
-            EngineDtype::F32 => DType::F32,
-            EngineDtype::Bf16 => DType::BF16,
-            EngineDtype::F16 => DType::F16,
-        };
-        let model = Qwen25VL::load(dir, &device, dtype)?;
-        let merge = model.spatial_merge_size();
-        let pre = model.preprocessor_config().clone();
-        let max_position = model.config().text.max_position_embeddings;
-        let mut defaults = SamplingDefaults::from_model_dir(dir, args.use_generation_config)?;
-        if defaults.eos_token_ids.is_empty() {
-            defaults.eos_token_ids = model.eos_token_ids();
-        }
-        let prompts = PromptBuilder::from_model_dir(dir, merge)?;
-        let images = Arc::new(move |bytes: &[u8]| {
-            let img = processor::decode_image(bytes)?;
-            processor::preprocess(&img, &pre)
-        });
-        let cfg = EngineConfig {
-            scheduler: SchedulerConfig {
-                max_sequences: args.max_sequences.max(1),
-                step_token_budget: args.step_token_budget.max(1),
-                kv_cache_tokens: args.kv_cache_tokens,
+    ) -> anyhow::Result<CandleWorker> {
+        let opts = EngineOptions {
+            device: args.device.clone(),
+            dtype: match args.dtype {
+                EngineDtype::F32 => Dtype::F32,
+                EngineDtype::Bf16 => Dtype::Bf16,
+                EngineDtype::F16 => Dtype::F16,
             },
-            max_model_len: max_position.min(args.kv_cache_tokens),
-            defaults,
+            max_sequences: args.max_sequences,
+            step_token_budget: args.step_token_budget,
+            kv_cache_tokens: args.kv_cache_tokens,
+            use_generation_config: args.use_generation_config,
         };
-        let metrics = match EngineMetrics::register(registry, served_model_name) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, model = served_model_name, "engine metrics not registered");
-                EngineMetrics::new(served_model_name)?
-            }
-        };
-        tracing::info!(dir = %dir.display(), device = %args.device, ?dtype, ?cfg, "candle engine loaded");
-        let engine = Engine::start(model, prompts, images, cfg, Arc::new(metrics))?;
-        Ok(EngineHandle { engine })
+        let engine = Engine::load(dir, &opts, registry, served_model_name)?;
+        Ok(CandleWorker { engine })
     }
 
     /// Start one request; the answer streams as the engine produces it.

@@ -8,11 +8,12 @@
 //! image size (vision tower + prompt).
 
 use anyhow::{Context, Result};
+use candle_core::DType;
 use caprl_engine::backend::{PromptInput, StepModel};
-use caprl_engine::engine::{parse_device, DType};
 use caprl_engine::model::Qwen25VL;
 use caprl_engine::processor;
-use caprl_engine::prompt::{Content, Message, Part, PromptBuilder};
+use caprl_engine::prompt::PromptBuilder;
+use caprl_engine::{parse_device, Message, Part};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -91,10 +92,7 @@ fn main() -> Result<()> {
     for &(w, h) in IMAGE_SIZES {
         let img = processor::decode_image(&png(w, h)?)?;
         let processed = processor::preprocess(&img, model.preprocessor_config())?;
-        let msg = Message {
-            role: "user".into(),
-            content: Content::Parts(vec![Part::Image, Part::Text("Describe.".into())]),
-        };
+        let msg = Message::parts("user", vec![Part::Image, Part::Text("Describe.".into())]);
         let built = prompts.build(&[msg], vec![processed])?;
         let input: PromptInput = built.input;
         model.prefill(&input)?;

@@ -1,80 +1,39 @@
-//! The engine's handle: submit a request, receive its tokens as they are produced.
+//! The engine's front door: load a model directory, submit a request, receive its tokens as
+//! they are produced.
 //!
-//! [`EngineHandle::start`] moves a [`StepModel`] onto a dedicated OS thread running the
-//! [`Scheduler`]; the cloneable handle checks and prepares each [`GenerateRequest`] on the
+//! [`Engine::load`] assembles a running engine from a Hugging Face model directory and
+//! [`EngineOptions`]: the model on its device and dtype (`model/`), sampling defaults from its
+//! `generation_config.json`, the chat template and tokenizer (`prompt.rs`), the image
+//! preprocessor (`processor.rs`), the scheduler's limits, and the metrics in the caller's
+//! registry (`metrics.rs`). [`Engine::start`] is the step under it: it moves any
+//! [`StepModel`] (tests use a scripted one) onto a dedicated OS thread running the
+//! [`Scheduler`]. The cloneable handle checks and prepares each [`GenerateRequest`] on the
 //! caller's thread (sampling parameters resolved against the model's defaults, images
 //! preprocessed, prompt rendered and tokenized, lengths checked against the context and the
 //! KV cache), then queues it. The caller reads [`Event`]s from a bounded channel: one
 //! `Token` per generated token of each of the `n` sequences, then each sequence's
 //! `Finished`. Dropping the receiver cancels the request at the next step boundary.
-//! [`EngineMetrics`] are the engine's series under vLLM's names.
 
 use crate::backend::{ProcessedImage, StepModel};
+// The old path (`caprl_engine::engine::Event`, …), still used by the gateway's `wire.rs`:
+// make this a plain `use crate::event::Event` once it imports from the crate root.
+pub use crate::event::{Event, FinishReason, StopReason};
+use crate::metrics::EngineMetrics;
+use crate::model::Qwen25VL;
+use crate::processor;
 use crate::prompt::{Message, PromptBuilder};
 use crate::sampling::{ParamError, RequestSampling, SamplingDefaults};
 use crate::scheduler::{Scheduler, SchedulerConfig, Submission};
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use candle_core::{DType, Device};
+use prometheus::Registry;
+use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc as tmpsc;
 
 /// Events buffered per request between the scheduler and its reader; past it events wait in
 /// the scheduler's outbox for the reader (a slow client never stalls a step).
 pub const EVENT_CHANNEL: usize = 256;
-
-/// Why a sequence ended (OpenAI's `finish_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An eos token, a stop token or a stop string.
-    Stop,
-    /// `max_tokens`, or the context is full.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-/// What stopped a sequence besides eos (vLLM's `stop_reason`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    Token(u32),
-    Text(String),
-}
-
-/// Token counts of one sequence.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// The prompt, image pads included.
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-/// What the engine tells a request's reader.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A token of sequence `index`; `text` is what it adds to the output (possibly empty:
-    /// held back as an incomplete character or the possible start of a stop string).
-    Token {
-        index: usize,
-        text: String,
-        token_id: u32,
-    },
-    /// Sequence `index` is done.
-    Finished {
-        index: usize,
-        reason: FinishReason,
-        stop_reason: Option<StopReason>,
-        usage: Usage,
-    },
-    /// The request failed inside the engine; nothing more follows.
-    Error(String),
-}
 
 /// One request to the engine.
 #[derive(Debug, Clone, Default)]
@@ -121,8 +80,6 @@ pub struct Generation {
     pub events: tmpsc::Receiver<Event>,
     pub prompt_tokens: usize,
     pub n: usize,
-    /// The rendered prompt, for debugging.
-    pub prompt_text: String,
 }
 
 /// Turns encoded image bytes into the vision tower's input (the model's preprocessor).
@@ -137,9 +94,45 @@ pub struct EngineConfig {
     pub defaults: SamplingDefaults,
 }
 
+/// How to run a model directory: [`Engine::load`]'s options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// `cpu`, `cuda` or `cuda:N` ([`parse_device`]).
+    pub device: String,
+    pub dtype: Dtype,
+    /// Most sequences in one decode step (at least 1).
+    pub max_sequences: usize,
+    /// Most tokens in one step (at least 1); see [`SchedulerConfig::step_token_budget`].
+    pub step_token_budget: usize,
+    /// Tokens the KV cache holds over all sequences; also caps the context length.
+    pub kv_cache_tokens: usize,
+    /// Take sampling defaults from `generation_config.json`, as vLLM does (its eos ids are
+    /// taken either way).
+    pub use_generation_config: bool,
+}
+
+/// The type of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    /// Candle's name for it.
+    pub fn candle(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::Bf16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+        }
+    }
+}
+
 /// A cloneable handle on a running engine; the engine stops when the last one is dropped.
 #[derive(Clone)]
-pub struct EngineHandle {
+pub struct Engine {
     inner: Arc<Inner>,
 }
 
@@ -152,15 +145,67 @@ struct Inner {
     cfg: EngineConfig,
 }
 
-impl std::fmt::Debug for EngineHandle {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle")
+        f.debug_struct("Engine")
             .field("config", &self.inner.cfg)
             .finish()
     }
 }
 
-impl EngineHandle {
+impl Engine {
+    /// Load a Hugging Face model directory (Qwen2.5-VL) and start its scheduler thread. The
+    /// engine's series are registered in `registry` with the constant label `model_name` =
+    /// `served_model_name`.
+    pub fn load(
+        dir: &Path,
+        opts: &EngineOptions,
+        registry: &Registry,
+        served_model_name: &str,
+    ) -> anyhow::Result<Engine> {
+        let device = parse_device(&opts.device)?;
+        let dtype = opts.dtype.candle();
+        let model = Qwen25VL::load(dir, &device, dtype)?;
+        let mut defaults = SamplingDefaults::from_generation_config(
+            model.generation_config(),
+            opts.use_generation_config,
+        );
+        if defaults.eos_token_ids.is_empty() {
+            // generation_config.json names none: config.json's.
+            defaults.eos_token_ids = model.eos_token_ids();
+        }
+        let prompts = PromptBuilder::from_model_dir(dir, model.spatial_merge_size())?;
+        let pre = model.preprocessor_config().clone();
+        let images: ImageProcessor = Arc::new(move |bytes: &[u8]| {
+            let img = processor::decode_image(bytes)?;
+            processor::preprocess(&img, &pre)
+        });
+        let cfg = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_sequences: opts.max_sequences.max(1),
+                step_token_budget: opts.step_token_budget.max(1),
+                kv_cache_tokens: opts.kv_cache_tokens,
+            },
+            max_model_len: model
+                .config()
+                .text
+                .max_position_embeddings
+                .min(opts.kv_cache_tokens),
+            defaults,
+        };
+        let metrics = match EngineMetrics::register(registry, served_model_name) {
+            Ok(m) => m,
+            // The same series already registered (a second engine under one served name): this
+            // engine's series then go unexported rather than failing the start.
+            Err(e) => {
+                tracing::warn!(error = %e, model = served_model_name, "engine metrics not registered");
+                EngineMetrics::new(served_model_name)?
+            }
+        };
+        tracing::info!(dir = %dir.display(), device = %opts.device, ?dtype, ?cfg, "candle engine loaded");
+        Engine::start(model, prompts, images, cfg, Arc::new(metrics))
+    }
+
     /// Start the scheduler thread with this model.
     pub fn start<M: StepModel>(
         model: M,
@@ -168,7 +213,7 @@ impl EngineHandle {
         images: ImageProcessor,
         cfg: EngineConfig,
         metrics: Arc<EngineMetrics>,
-    ) -> anyhow::Result<EngineHandle> {
+    ) -> anyhow::Result<Engine> {
         let (tx, rx) = mpsc::channel();
         let prompts = Arc::new(prompts);
         let tokenizer = Arc::new(prompts.tokenizer().clone());
@@ -176,7 +221,7 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("caprl-engine".into())
             .spawn(move || Scheduler::new(model, sched_cfg, tokenizer, metrics, rx).run())?;
-        Ok(EngineHandle {
+        Ok(Engine {
             inner: Arc::new(Inner {
                 tx,
                 prompts,
@@ -262,12 +307,9 @@ impl EngineHandle {
             events: rx,
             prompt_tokens: prompt_len,
             n,
-            prompt_text: built.text,
         })
     }
 }
-
-pub use candle_core::{DType, Device};
 
 /// A device from its name: `cpu`, `cuda` or `cuda:N` (`metal:N` where built with metal).
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
@@ -287,112 +329,5 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
         "cuda" => Ok(Device::new_cuda(ordinal)?),
         "metal" => Ok(Device::new_metal(ordinal)?),
         _ => anyhow::bail!("unknown device {spec:?}: expected cpu or cuda:N"),
-    }
-}
-
-/// The engine's Prometheus series, under vLLM's names, each with a constant `model_name`.
-#[derive(Debug, Clone)]
-pub struct EngineMetrics {
-    pub running: Gauge,
-    pub waiting: Gauge,
-    pub kv_usage: Gauge,
-    pub ttft: Histogram,
-    pub tpot: Histogram,
-    pub e2e: Histogram,
-    pub prompt_tokens: IntCounter,
-    pub generation_tokens: IntCounter,
-    pub success: IntCounterVec,
-}
-
-const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-];
-const TPOT_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0,
-];
-const E2E_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
-];
-
-impl EngineMetrics {
-    /// Create the series and register them in `registry`.
-    pub fn register(registry: &Registry, model_name: &str) -> prometheus::Result<EngineMetrics> {
-        let m = EngineMetrics::new(model_name)?;
-        registry.register(Box::new(m.running.clone()))?;
-        registry.register(Box::new(m.waiting.clone()))?;
-        registry.register(Box::new(m.kv_usage.clone()))?;
-        registry.register(Box::new(m.ttft.clone()))?;
-        registry.register(Box::new(m.tpot.clone()))?;
-        registry.register(Box::new(m.e2e.clone()))?;
-        registry.register(Box::new(m.prompt_tokens.clone()))?;
-        registry.register(Box::new(m.generation_tokens.clone()))?;
-        registry.register(Box::new(m.success.clone()))?;
-        Ok(m)
-    }
-
-    /// The series without a registry (tests, benches).
-    pub fn new(model_name: &str) -> prometheus::Result<EngineMetrics> {
-        let opts =
-            |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model_name);
-        let hist = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(
-                HistogramOpts::new(name, help)
-                    .const_label("model_name", model_name)
-                    .buckets(buckets.to_vec()),
-            )
-        };
-        Ok(EngineMetrics {
-            running: Gauge::with_opts(opts(
-                "vllm:num_requests_running",
-                "Number of requests in model execution batches.",
-            ))?,
-            waiting: Gauge::with_opts(opts(
-                "vllm:num_requests_waiting",
-                "Number of requests waiting to be processed.",
-            ))?,
-            kv_usage: Gauge::with_opts(opts(
-                "vllm:kv_cache_usage_perc",
-                "KV-cache usage. 1 means 100 percent usage.",
-            ))?,
-            ttft: hist(
-                "vllm:time_to_first_token_seconds",
-                "Histogram of time to first token in seconds.",
-                TTFT_BUCKETS,
-            )?,
-            tpot: hist(
-                "vllm:time_per_output_token_seconds",
-                "Histogram of time per output token in seconds.",
-                TPOT_BUCKETS,
-            )?,
-            e2e: hist(
-                "vllm:e2e_request_latency_seconds",
-                "Histogram of e2e request latency in seconds.",
-                E2E_BUCKETS,
-            )?,
-            prompt_tokens: IntCounter::with_opts(opts(
-                "vllm:prompt_tokens_total",
-                "Number of prefill tokens processed.",
-            ))?,
-            generation_tokens: IntCounter::with_opts(opts(
-                "vllm:generation_tokens_total",
-                "Number of generation tokens processed.",
-            ))?,
-            success: IntCounterVec::new(
-                opts(
-                    "vllm:request_success_total",
-                    "Count of successfully processed requests.",
-                ),
-                &["finished_reason"],
-            )?,
-        })
-    }
-
-    /// A request's last sequence finished.
-    pub fn finished(&self, reason: FinishReason, e2e: Duration) {
-        self.e2e.observe(e2e.as_secs_f64());
-        self.success.with_label_values(&[reason.as_str()]).inc();
     }
 }

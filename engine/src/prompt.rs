@@ -1,12 +1,14 @@
-//! Prompts: OpenAI chat messages become the token ids the model prefills.
+//! Prompts: plain chat messages become the token ids the model prefills.
 //!
-//! [`Message::from_openai`] reads a message as a client wrote it (content a string, or parts
-//! of `text` and `image_url`); [`PromptBuilder`] renders the model's own chat template with
-//! minijinja as transformers' `apply_chat_template` does (image parts become `{"type":
-//! "image"}`, `trim_blocks` and `lstrip_blocks` on, `add_generation_prompt` true), tokenizes
-//! the text with special tokens kept, and expands each `<|image_pad|>` to the number of tokens
-//! its image occupies after the 2x2 merge. The result, a [`PromptInput`], goes to the
-//! scheduler's waiting queue (`scheduler.rs`).
+//! A [`Message`] is a role and its content: a string, or ordered parts of text and images
+//! (the image bytes travel beside the messages, in the order their parts appear). The caller
+//! builds them (the gateway's adapter reads them from the OpenAI request; this crate knows no
+//! wire format). [`PromptBuilder`] renders the model's own chat template with minijinja as
+//! transformers' `apply_chat_template` does (image parts become `{"type": "image"}`,
+//! `trim_blocks` and `lstrip_blocks` on, `add_generation_prompt` true), tokenizes the text
+//! with special tokens kept, and expands each `<|image_pad|>` to the number of tokens its
+//! image occupies after the 2x2 merge. The result, a [`PromptInput`], goes to the scheduler's
+//! waiting queue (`scheduler.rs`).
 
 use crate::backend::{ProcessedImage, PromptInput};
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,7 +28,8 @@ pub enum Part {
     Image,
 }
 
-/// A message's content: a plain string, or parts.
+/// A message's content: a plain string, or parts. A string is not made one text part: a chat
+/// template may render the two differently, and transformers passes each as it came.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     Text(String),
@@ -48,38 +51,12 @@ impl Message {
         }
     }
 
-    /// Read an OpenAI message. Image parts (`image_url`, `input_image`, `image`) are counted,
-    /// not read: their bytes travel separately, in order of appearance.
-    pub fn from_openai(v: &serde_json::Value) -> Result<Message> {
-        let role = v
-            .get("role")
-            .and_then(|r| r.as_str())
-            .ok_or_else(|| anyhow!("message without a role"))?
-            .to_string();
-        let content = match v.get("content") {
-            None | Some(serde_json::Value::Null) => Content::Text(String::new()),
-            Some(serde_json::Value::String(s)) => Content::Text(s.clone()),
-            Some(serde_json::Value::Array(parts)) => {
-                let mut out = Vec::with_capacity(parts.len());
-                for p in parts {
-                    match p.get("type").and_then(|t| t.as_str()) {
-                        Some("text") | Some("input_text") => out.push(Part::Text(
-                            p.get("text")
-                                .and_then(|t| t.as_str())
-                                .unwrap_or_default()
-                                .to_string(),
-                        )),
-                        Some("image_url") | Some("input_image") | Some("image") => {
-                            out.push(Part::Image)
-                        }
-                        other => bail!("unsupported content part type {other:?}"),
-                    }
-                }
-                Content::Parts(out)
-            }
-            Some(_) => bail!("message content must be a string or an array of parts"),
-        };
-        Ok(Message { role, content })
+    /// A message of ordered text and image parts.
+    pub fn parts(role: &str, parts: Vec<Part>) -> Message {
+        Message {
+            role: role.into(),
+            content: Content::Parts(parts),
+        }
     }
 
     pub fn image_count(&self) -> usize {

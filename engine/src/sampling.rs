@@ -9,9 +9,8 @@
 //! [`SeqRng`]. Each sequence owns its RNG, so its samples never depend on who else is in the
 //! batch. Everything here is a pure function of its inputs.
 
-use serde::Deserialize;
+use crate::config::GenerationConfig;
 use std::collections::HashMap;
-use std::path::Path;
 
 /// Below this a temperature means greedy decoding (vLLM's `_SAMPLING_EPS`).
 pub const SAMPLING_EPS: f32 = 1e-5;
@@ -69,63 +68,25 @@ impl Default for SamplingDefaults {
     }
 }
 
-/// The parts of `generation_config.json` that vLLM turns into sampling defaults.
-#[derive(Debug, Default, Deserialize)]
-struct GenerationConfig {
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i64>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
-    max_new_tokens: Option<usize>,
-    eos_token_id: Option<serde_json::Value>,
-}
-
 impl SamplingDefaults {
-    /// Read `generation_config.json` in `dir`. The eos ids are always taken from it; the
-    /// sampling values only when `use_generation_config` (vLLM's `--generation-config auto`).
-    /// A missing file gives OpenAI's defaults.
-    pub fn from_model_dir(dir: &Path, use_generation_config: bool) -> anyhow::Result<Self> {
-        let path = dir.join("generation_config.json");
-        let gc: GenerationConfig = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => GenerationConfig::default(),
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
-        };
-        Ok(Self::from_generation_config(gc, use_generation_config))
-    }
-
-    /// Parse the text of a `generation_config.json`.
-    pub fn from_json(text: &str, use_generation_config: bool) -> anyhow::Result<Self> {
-        Ok(Self::from_generation_config(
-            serde_json::from_str(text)?,
-            use_generation_config,
-        ))
-    }
-
-    fn from_generation_config(gc: GenerationConfig, use_it: bool) -> Self {
-        let eos_token_ids = match &gc.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| v as u32).into_iter().collect()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|v| v as u32))
-                .collect(),
-            _ => Vec::new(),
-        };
+    /// The defaults a model's `generation_config.json` gives (read once, with the model:
+    /// [`Qwen25VL::load`](crate::model::Qwen25VL::load)). The eos ids are always taken from it;
+    /// the sampling values only when `use_generation_config` (vLLM's `--generation-config
+    /// auto`). An empty config gives OpenAI's defaults.
+    pub fn from_generation_config(gc: &GenerationConfig, use_generation_config: bool) -> Self {
         let base = SamplingDefaults {
-            eos_token_ids,
+            eos_token_ids: gc.eos_token_id.clone(),
             ..SamplingDefaults::default()
         };
-        if !use_it {
+        if !use_generation_config {
             return base;
         }
         SamplingDefaults {
             temperature: gc.temperature.unwrap_or(base.temperature),
             top_p: gc.top_p.unwrap_or(base.top_p),
-            top_k: gc.top_k.unwrap_or(base.top_k),
+            top_k: gc
+                .top_k
+                .map_or(base.top_k, |k| i64::try_from(k).unwrap_or(i64::MAX)),
             min_p: gc.min_p.unwrap_or(base.min_p),
             repetition_penalty: gc.repetition_penalty.unwrap_or(base.repetition_penalty),
             max_tokens: gc.max_new_tokens,
@@ -455,7 +416,8 @@ mod tests {
     #[test]
     fn generation_config_defaults_apply_only_to_missing_fields() {
         let text = r#"{"eos_token_id":[642,640],"repetition_penalty":1.05,"temperature":0.1,"top_p":0.001,"top_k":1}"#;
-        let d = SamplingDefaults::from_json(text, true).unwrap();
+        let gc = GenerationConfig::from_json_str(text, "generation_config.json").unwrap();
+        let d = SamplingDefaults::from_generation_config(&gc, true);
         let req = RequestSampling {
             temperature: Some(0.7),
             ..Default::default()
@@ -466,7 +428,7 @@ mod tests {
         assert_eq!(p.top_p, 0.001);
         assert_eq!(p.repetition_penalty, 1.05);
         assert_eq!(p.eos_token_ids, vec![642, 640]);
-        let off = SamplingDefaults::from_json(text, false).unwrap();
+        let off = SamplingDefaults::from_generation_config(&gc, false);
         let p = RequestSampling::default().resolve(&off).unwrap();
         assert_eq!((p.temperature, p.top_p, p.top_k), (1.0, 1.0, 0));
         assert_eq!(p.eos_token_ids, vec![642, 640]);

@@ -1,18 +1,20 @@
 //! Continuous batching: the engine's own OS thread, which owns the model and every sequence.
 //!
-//! Requests arrive on a channel from [`crate::engine::EngineHandle`] and wait in FIFO order.
+//! Requests arrive on a channel from [`crate::Engine`] and wait in FIFO order.
 //! At each step boundary the scheduler drops cancelled requests (their client hung up: the
 //! sequence's `State`, and so its KV cache, is freed at once), admits waiting requests while
 //! they fit `max_sequences`, the KV cache (each sequence reserves prompt + max_tokens, so a
 //! running sequence never has to be preempted) and the step's token budget, prefills them,
 //! then runs one batched [`StepModel::decode`] for every running sequence. Each new token is
-//! sampled (`sampling.rs`), detokenized incrementally (text held back while it may be an
-//! incomplete UTF-8 character or the start of a stop string), checked against the stop
+//! sampled (`sampling.rs`), detokenized incrementally (`detokenize.rs`: text held back while it
+//! may be an incomplete UTF-8 character or the start of a stop string), checked against the stop
 //! conditions, and sent to its request's bounded channel with `try_send`: a slow client
 //! never stalls the step (events wait in the request's outbox), a gone client cancels.
 
 use crate::backend::{PromptInput, StepModel};
-use crate::engine::{EngineMetrics, Event, FinishReason, StopReason, Usage};
+use crate::detokenize::IncrementalText;
+use crate::event::{Event, FinishReason, StopReason, Usage};
+use crate::metrics::EngineMetrics;
 use crate::sampling::{sample, SamplingParams, SeqRng, TokenCounts};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -61,6 +63,8 @@ impl Submission {
 /// A request being served: its channel, the events not yet accepted by it, its timings.
 struct Request {
     events: Sender<Event>,
+    /// Events the channel had no room for. Unbounded in type, bounded in fact: a request
+    /// produces at most `(max_tokens + 1) x n` events.
     outbox: VecDeque<Event>,
     params: Arc<SamplingParams>,
     prompt_tokens: usize,
@@ -84,7 +88,7 @@ struct Seq<S> {
     reserve: usize,
 }
 
-/// The scheduler: built and run on its own thread by [`crate::engine::EngineHandle::start`].
+/// The scheduler: built and run on its own thread by [`crate::Engine::start`].
 pub struct Scheduler<M: StepModel> {
     model: M,
     cfg: SchedulerConfig,
@@ -424,112 +428,5 @@ impl<M: StepModel> Scheduler<M> {
             self.metrics.finished(reason, req.arrived.elapsed());
         }
         false
-    }
-}
-
-/// A sequence's output text, decoded incrementally, with its stop strings.
-///
-/// Ids are decoded in a window (`prefix..`), as text-generation-inference does: the text a
-/// token adds is the decode of the window minus the decode of the window without it, so a
-/// multi-byte character split over tokens appears once its last byte arrives.
-#[derive(Debug, Default)]
-pub struct IncrementalText {
-    ids: Vec<u32>,
-    prefix: usize,
-    read: usize,
-    /// Text decoded so far, cut at a stop string once one is found.
-    text: String,
-    /// Bytes of `text` already handed out.
-    emitted: usize,
-    stop: Vec<String>,
-}
-
-impl IncrementalText {
-    pub fn new(stop: Vec<String>) -> Self {
-        IncrementalText {
-            stop,
-            ..Default::default()
-        }
-    }
-
-    /// Add a token; `Some(stop string)` when the text now contains one (the text is cut there).
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Option<String> {
-        self.ids.push(id);
-        let before = tok
-            .decode(&self.ids[self.prefix..self.read], true)
-            .unwrap_or_default();
-        let after = tok
-            .decode(&self.ids[self.prefix..], true)
-            .unwrap_or_default();
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
-            let new = after.get(before.len()..)?;
-            let search_from = self.text.len().saturating_sub(self.max_stop_len());
-            self.text.push_str(new);
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            return self.find_stop(search_from);
-        }
-        None
-    }
-
-    fn max_stop_len(&self) -> usize {
-        self.stop.iter().map(String::len).max().unwrap_or(0)
-    }
-
-    fn find_stop(&mut self, from: usize) -> Option<String> {
-        let mut from = from;
-        while !self.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let hay = &self.text[from..];
-        let (pos, s) = self
-            .stop
-            .iter()
-            .filter_map(|s| hay.find(s.as_str()).map(|p| (p, s)))
-            .min_by_key(|(p, _)| *p)?;
-        let s = s.clone();
-        self.text.truncate(from + pos);
-        self.emitted = self.emitted.min(self.text.len());
-        Some(s)
-    }
-
-    /// Text that can be handed out now: all but a tail that could begin a stop string.
-    pub fn ready(&mut self) -> String {
-        let pending = &self.text[self.emitted..];
-        let hold = self
-            .stop
-            .iter()
-            .flat_map(|s| {
-                (1..s.len().min(pending.len() + 1))
-                    .rev()
-                    .filter(|&k| s.is_char_boundary(k) && pending.ends_with(&s[..k]))
-                    .take(1)
-            })
-            .max()
-            .unwrap_or(0);
-        let end = self.text.len() - hold;
-        let out = self.text[self.emitted..end].to_string();
-        self.emitted = end;
-        out
-    }
-
-    /// Everything left, at the end of the sequence: ids whose bytes never completed a
-    /// character are decoded as they are (with U+FFFD), as vLLM's final output does.
-    pub fn finish(&mut self, tok: &Tokenizer) -> String {
-        if self.read < self.ids.len() {
-            let before = tok
-                .decode(&self.ids[self.prefix..self.read], true)
-                .unwrap_or_default();
-            let after = tok
-                .decode(&self.ids[self.prefix..], true)
-                .unwrap_or_default();
-            if let Some(new) = after.get(before.len()..) {
-                self.text.push_str(new);
-            }
-            self.read = self.ids.len();
-        }
-        let out = self.text[self.emitted..].to_string();
-        self.emitted = self.text.len();
-        out
     }
 }

@@ -3,13 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 use caprl_engine::backend::{ProcessedImage, PromptInput, StepModel};
-use caprl_engine::engine::{
-    EngineConfig, EngineHandle, EngineMetrics, Event, FinishReason, GenerateRequest, StopReason,
-    SubmitError, Usage,
+use caprl_engine::detokenize::IncrementalText;
+use caprl_engine::metrics::EngineMetrics;
+use caprl_engine::prompt::PromptBuilder;
+use caprl_engine::sampling::SamplingDefaults;
+use caprl_engine::scheduler::SchedulerConfig;
+use caprl_engine::{
+    Engine, EngineConfig, Event, FinishReason, GenerateRequest, Generation, Message, Part,
+    RequestSampling, StopReason, SubmitError, Usage,
 };
-use caprl_engine::prompt::{Message, PromptBuilder};
-use caprl_engine::sampling::{RequestSampling, SamplingDefaults};
-use caprl_engine::scheduler::{IncrementalText, SchedulerConfig};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,7 +129,7 @@ impl Default for Setup {
     }
 }
 
-fn start(setup: Setup) -> (EngineHandle, Arc<Seen>) {
+fn start(setup: Setup) -> (Engine, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let model = FakeModel {
         seen: seen.clone(),
@@ -155,7 +157,7 @@ fn start(setup: Setup) -> (EngineHandle, Arc<Seen>) {
         defaults,
     };
     let metrics = Arc::new(EngineMetrics::new("test").unwrap());
-    let h = EngineHandle::start(model, prompts, images, cfg, metrics).unwrap();
+    let h = Engine::start(model, prompts, images, cfg, metrics).unwrap();
     (h, seen)
 }
 
@@ -187,7 +189,7 @@ struct Out {
     usage: Usage,
 }
 
-fn collect(mut g: caprl_engine::engine::Generation) -> Vec<Out> {
+fn collect(mut g: Generation) -> Vec<Out> {
     let mut outs = vec![Out::default(); g.n];
     let mut done = 0;
     while done < g.n {
@@ -221,7 +223,7 @@ fn collect(mut g: caprl_engine::engine::Generation) -> Vec<Out> {
     outs
 }
 
-fn run_one(h: &EngineHandle, r: GenerateRequest) -> Out {
+fn run_one(h: &Engine, r: GenerateRequest) -> Out {
     collect(h.generate(r).unwrap()).remove(0)
 }
 
@@ -362,12 +364,10 @@ fn usage_counts_image_pads_and_bad_requests_are_refused() {
     let (h, _) = start(Setup::default());
     let text_only = run_one(&h, request("what is this", 3, 0.0, None));
     let mut r = request("what is this", 3, 0.0, None);
-    r.messages = vec![
-        Message::from_openai(&serde_json::json!({"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:"}},
-        {"type": "text", "text": "what is this"}]}))
-        .unwrap(),
-    ];
+    r.messages = vec![Message::parts(
+        "user",
+        vec![Part::Image, Part::Text("what is this".into())],
+    )];
     r.images = vec![bytes::Bytes::from_static(b"png")];
     let with_image = run_one(&h, r);
     // <|vision_start|> + 6 pads (grid 1x4x6 / 4) + <|vision_end|>.

@@ -1,13 +1,15 @@
 //! Qwen2.5-VL on Candle: loading a Hugging Face model directory and running it.
 //!
 //! Owns [`Qwen25VL`] — the configs, the vision tower (`vision.rs`), the text decoder
-//! (`text.rs`), M-RoPE (`rope.rs`), weight loading (`weights.rs`) — and its
+//! (`text.rs`), M-RoPE (`rope.rs`), weight loading (`weights.rs`), the layers both towers
+//! share (`layers.rs`) — and its
 //! [`StepModel`](crate::backend::StepModel) implementation: prefill runs the vision tower on the
 //! prompt's images, splices the merged embeddings in at the image-pad tokens, runs the decoder
 //! over the prompt and keeps the KV cache in a [`SeqState`]; decode stacks one token of each
 //! sequence, runs the linear layers once for all of them and attention per sequence at its own
 //! position (cache length + rope delta). Numerics follow transformers' eager implementation.
 
+mod layers;
 mod rope;
 mod text;
 mod vision;
@@ -17,10 +19,9 @@ pub use rope::rope_index;
 pub use text::KvCache;
 
 use crate::backend::{ProcessedImage, PromptInput, StepModel};
-use crate::config::{Activation, GenerationConfig, ModelConfig, PreprocessorConfig};
+use crate::config::{GenerationConfig, ModelConfig, PreprocessorConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Linear;
 use std::path::Path;
 use text::TextModel;
 use vision::VisionTower;
@@ -57,11 +58,6 @@ impl SeqState {
             rope_delta: self.rope_delta,
             len: self.len,
         })
-    }
-
-    /// `max position + 1 - prompt length` of the prompt (0 for text-only prompts).
-    pub fn rope_delta(&self) -> i64 {
-        self.rope_delta
     }
 }
 
@@ -121,6 +117,8 @@ impl Qwen25VL {
         &self.preprocessor
     }
 
+    /// `generation_config.json` as loaded (empty if the directory has none): the source of the
+    /// engine's sampling defaults.
     pub fn generation_config(&self) -> &GenerationConfig {
         &self.generation
     }
@@ -129,20 +127,8 @@ impl Qwen25VL {
         self.config.image_token_id
     }
 
-    pub fn vision_start_token_id(&self) -> u32 {
-        self.config.vision_start_token_id
-    }
-
-    pub fn vision_end_token_id(&self) -> u32 {
-        self.config.vision_end_token_id
-    }
-
     pub fn spatial_merge_size(&self) -> usize {
         self.config.vision.spatial_merge_size
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.config.text.vocab_size
     }
 
     /// Ids that end generation: generation_config.json's `eos_token_id`, else config.json's.
@@ -152,10 +138,6 @@ impl Qwen25VL {
         } else {
             self.generation.eos_token_id.clone()
         }
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// The vision tower on images' pixel values `[patches, patch_dim]` -> merged embeddings
@@ -306,50 +288,4 @@ impl StepModel for Qwen25VL {
     fn cached_tokens(state: &SeqState) -> usize {
         state.len
     }
-}
-
-/// A linear layer `name.weight` `[out, inp]` (and `name.bias`) of the vision tower or decoder.
-fn linear(
-    w: &Weights,
-    vision: bool,
-    name: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let get = |suffix: &str, shape: &[usize]| {
-        let n = format!("{name}.{suffix}");
-        if vision {
-            w.vision(&n, shape)
-        } else {
-            w.text(&n, shape)
-        }
-    };
-    let weight = get("weight", &[out, inp])?;
-    let bias = if bias {
-        Some(get("bias", &[out])?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
-
-/// RMSNorm over the last dim (Candle's fused kernel; composed of plain ops for f64, which the
-/// kernel lacks).
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    if x.dtype() == DType::F64 {
-        let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        let inv = (var + eps as f64)?.sqrt()?.recip()?;
-        return Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?);
-    }
-    Ok(candle_nn::ops::rms_norm(x, weight, eps)?)
-}
-
-fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
-    Ok(match a {
-        Activation::Silu => candle_nn::ops::silu(x)?,
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-    })
 }

@@ -8,9 +8,9 @@
 //! new tokens. Grouped-query attention reshapes the queries of a key/value head's group into
 //! one matrix instead of repeating keys and values.
 
+use super::layers::{act, linear, rms_norm, softmax_f32};
 use super::rope;
 use super::weights::Weights;
-use super::{act, linear, rms_norm};
 use crate::config::TextConfig;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -262,7 +262,7 @@ impl TextModel {
                     .broadcast_add(&mask)?
                     .reshape((kvh, groups * s, total))?;
             }
-            let att = super::vision::softmax_f32(&att)?;
+            let att = softmax_f32(&att)?;
             let o = att
                 .matmul(&vall)?
                 .reshape((heads, s, hd))?

@@ -9,9 +9,9 @@
 //! PatchMerger (RMSNorm, 2x2 concat, Linear-GELU-Linear). Attention never builds a mask: it
 //! runs per window, batching runs of consecutive windows of equal length into one matmul.
 
+use super::layers::{act, linear, rms_norm, softmax_f32};
 use super::rope;
 use super::weights::Weights;
-use super::{act, linear, rms_norm};
 use crate::config::{Activation, VisionConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -271,12 +271,6 @@ impl VisionTower {
         let o = Tensor::cat(&outs, 0)?;
         Ok(b.proj.forward(&o)?)
     }
-}
-
-/// Softmax over the last dim, computed in f32 as transformers does.
-pub(crate) fn softmax_f32(x: &Tensor) -> Result<Tensor> {
-    let dt = x.dtype();
-    Ok(candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The in-process Qwen2.5-VL engine (feature `candle`), behind the same seam as an HTTP worker.
 //!
-//! [`CandleWorker::load`] loads the model directory on the configured device and dtype and
-//! starts `caprl_engine`'s scheduler thread. [`CandleWorker::send`] reads the validated body for
+//! [`CandleWorker::load`] hands the model directory and the engine flags to [`Engine::load`],
+//! which loads the model and starts `caprl_engine`'s scheduler thread. [`CandleWorker::send`] reads the validated body for
 //! the engine ([`params`]), hands it the image bytes validation kept, and answers with what vLLM
 //! would send, as typed chunks built from the engine's events ([`wire`]); a bad parameter is
 //! the client's error (a 400 naming the field, as vLLM answers). A client that hangs up drops
@@ -16,19 +16,10 @@ use crate::error::GatewayError;
 use crate::validate::ValidRequest;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use caprl_engine::engine::{
-    parse_device, DType, EngineConfig, EngineHandle as Engine, EngineMetrics, GenerateRequest,
-    SubmitError,
-};
-use caprl_engine::model::Qwen25VL;
-use caprl_engine::processor;
-use caprl_engine::prompt::PromptBuilder;
-use caprl_engine::sampling::SamplingDefaults;
-use caprl_engine::scheduler::SchedulerConfig;
+use caprl_engine::{Dtype, Engine, EngineOptions, GenerateRequest, SubmitError};
 use std::path::Path;
-use std::sync::Arc;
 
-/// A cloneable handle on a running engine.
+/// A cloneable handle on a running engine: the gateway's worker for it.
 #[derive(Debug, Clone)]
 pub struct CandleWorker {
     engine: Engine,
@@ -42,43 +33,19 @@ impl CandleWorker {
         served_model_name: &str,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<CandleWorker> {
-        let device = parse_device(&args.device)?;
-        let dtype = match args.dtype {
-            EngineDtype::F32 => DType::F32,
-            EngineDtype::Bf16 => DType::BF16,
-            EngineDtype::F16 => DType::F16,
-        };
-        let model = Qwen25VL::load(dir, &device, dtype)?;
-        let merge = model.spatial_merge_size();
-        let pre = model.preprocessor_config().clone();
-        let max_position = model.config().text.max_position_embeddings;
-        let mut defaults = SamplingDefaults::from_model_dir(dir, args.use_generation_config)?;
-        if defaults.eos_token_ids.is_empty() {
-            defaults.eos_token_ids = model.eos_token_ids();
-        }
-        let prompts = PromptBuilder::from_model_dir(dir, merge)?;
-        let images = Arc::new(move |bytes: &[u8]| {
-            let img = processor::decode_image(bytes)?;
-            processor::preprocess(&img, &pre)
-        });
-        let cfg = EngineConfig {
-            scheduler: SchedulerConfig {
-                max_sequences: args.max_sequences.max(1),
-                step_token_budget: args.step_token_budget.max(1),
-                kv_cache_tokens: args.kv_cache_tokens,
+        let opts = EngineOptions {
+            device: args.device.clone(),
+            dtype: match args.dtype {
+                EngineDtype::F32 => Dtype::F32,
+                EngineDtype::Bf16 => Dtype::Bf16,
+                EngineDtype::F16 => Dtype::F16,
             },
-            max_model_len: max_position.min(args.kv_cache_tokens),
-            defaults,
+            max_sequences: args.max_sequences,
+            step_token_budget: args.step_token_budget,
+            kv_cache_tokens: args.kv_cache_tokens,
+            use_generation_config: args.use_generation_config,
         };
-        let metrics = match EngineMetrics::register(registry, served_model_name) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, model = served_model_name, "engine metrics not registered");
-                EngineMetrics::new(served_model_name)?
-            }
-        };
-        tracing::info!(dir = %dir.display(), device = %args.device, ?dtype, ?cfg, "candle engine loaded");
-        let engine = Engine::start(model, prompts, images, cfg, Arc::new(metrics))?;
+        let engine = Engine::load(dir, &opts, registry, served_model_name)?;
         Ok(CandleWorker { engine })
     }
 

@@ -12,7 +12,7 @@
 use crate::api::chat::Usage;
 use crate::worker::{Chunk, StreamEvent};
 use bytes::Bytes;
-use caprl_engine::engine::{Event, FinishReason, Generation, StopReason};
+use caprl_engine::{Event, FinishReason, Generation, StopReason};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::{json, Value};
 use std::collections::VecDeque;

@@ -80,6 +80,14 @@ pub async fn send_with_failover(
                     _ => None,
                 };
                 pool.metrics().worker_response(model, &worker.url, status);
+                // A request with an image URL the worker fetches itself fails wherever the URL
+                // is bad: its failure says nothing about the worker, not even as a rate (a
+                // client cycling through bad URLs would otherwise concentrate failures on one
+                // worker under least-outstanding and make it look like an outlier).
+                let fault = match fault {
+                    Fault::Request if req.remote_images > 0 => Fault::None,
+                    f => f,
+                };
                 // The body hash tells distinct requests apart; only failures pay for it.
                 let request = match fault {
                     Fault::Request => xxhash_rust::xxh3::xxh3_64(&req.body),

@@ -266,6 +266,8 @@ async fn the_shipped_gateway_toml_is_accepted_and_every_key_takes_effect() {
     let app = caprl_gateway::http::app(AppState::build(*args).expect("the state builds"));
     let get = |path: &str| {
         Request::get(path)
+            // HTTP/1.1 needs a Host header (RFC 9112 §3.2; the gateway enforces it).
+            .header("host", "gateway.test")
             .body(Body::empty())
             .expect("a valid request")
     };

@@ -285,7 +285,11 @@ impl Drop for Gateway {
 }
 
 fn request(method: Method, path: &str, body: Body, headers: &[(&str, &str)]) -> Request<Body> {
-    let mut b = Request::builder().method(method).uri(path);
+    // HTTP/1.1 needs a Host header (RFC 9112 §3.2; the gateway enforces it).
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

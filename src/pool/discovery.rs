@@ -77,7 +77,7 @@ pub fn reconcile(members: &Members, prefix: &str, urls: &[String], metrics: &Met
     let mut next: Vec<Arc<Worker>> = Vec::with_capacity(current.len() + urls.len());
     let mut changed = false;
     for w in current.iter() {
-        let ours = w.url.starts_with(prefix) && matches!(w.backend, Backend::Http { .. });
+        let ours = w.url.starts_with(prefix) && w.backend.http_base().is_some();
         if !ours || want.contains(w.url.as_str()) {
             if ours && w.draining.swap(false, Ordering::Relaxed) {
                 tracing::info!(worker = %w.url, "worker discovery: address is back");

@@ -3,8 +3,9 @@
 //! # The path of one request
 //! ```text
 //! POST /v1/chat/completions
-//!  ① http/        middleware: request id, span, metrics; API key; body limit (mod.rs); the
-//!                 handler (chat.rs) owns what is HTTP: the record, the drain guard
+//!  ① http/        middleware: request id, span, metrics; the head (edge.rs: Host, a declared
+//!                 length over the limit); API key; body limit; the handler (chat.rs) owns
+//!                 what is HTTP: the record, the drain guard
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
 //!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
 //!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the

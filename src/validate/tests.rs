@@ -7,6 +7,11 @@ fn limits() -> LimitArgs {
 }
 
 fn run(body: &str) -> Result<ValidRequest, GatewayError> {
+    run_bytes(body.as_bytes().to_vec())
+}
+
+/// Validate raw bytes (which need not be UTF-8) with the test limits.
+fn run_bytes(body: Vec<u8>) -> Result<ValidRequest, GatewayError> {
     let limits = limits();
     let opts = ValidateOptions {
         limits: &limits,
@@ -14,7 +19,7 @@ fn run(body: &str) -> Result<ValidRequest, GatewayError> {
         keep_image_bytes: &|_| false,
         image_rejected: &|_| {},
     };
-    validate_chat(Bytes::from(body.to_string()), &opts)
+    validate_chat(Bytes::from(body), &opts)
 }
 
 fn png_url(w: u32, h: u32) -> String {
@@ -356,14 +361,7 @@ fn the_whole_body_is_utf8() {
         b
     };
     let check = |body: Vec<u8>, want: &str| {
-        let limits = limits();
-        let opts = ValidateOptions {
-            limits: &limits,
-            is_served: &|m| m == "caprl",
-            keep_image_bytes: &|_| false,
-            image_rejected: &|_| {},
-        };
-        let err = validate_chat(Bytes::from(body), &opts).expect_err("invalid UTF-8");
+        let err = run_bytes(body).expect_err("invalid UTF-8");
         assert_eq!(err.status(), 400, "{err}");
         assert_eq!(param(&err), serde_json::Value::from(want), "{err}");
     };

@@ -106,7 +106,7 @@ pub async fn send(
             .eventsource()
             .map(move |event| match event {
                 Ok(e) if e.data == "[DONE]" => Ok(StreamEvent::Done),
-                Ok(e) => Ok(StreamEvent::Chunk(chunk(&e.data, &model))),
+                Ok(e) => Ok(StreamEvent::Chunk(chunk(e.data, &model))),
                 Err(e) => Err(format!("worker stream broke: {e}")),
             })
             .boxed();
@@ -140,18 +140,21 @@ pub fn classify_5xx(status: StatusCode) -> (bool, Fault) {
     }
 }
 
-/// One SSE payload as a typed chunk, with `model` set to the name the client asked for.
-fn chunk(data: &str, requested_model: &str) -> Chunk {
-    let peek: ResponsePeek<'_> = serde_json::from_str(data).unwrap_or_default();
-    let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
-    let data = match peek.model.as_deref() {
-        Some(m) if m != requested_model => set_model(data.as_bytes(), requested_model),
-        _ => None,
-    }
-    .unwrap_or_else(|| Bytes::copy_from_slice(data.as_bytes()));
+/// One SSE payload as a typed chunk, with `model` set to the name the client asked for. The
+/// payload's own buffer becomes the chunk's (no copy) unless the model must be renamed.
+fn chunk(data: String, requested_model: &str) -> Chunk {
+    let (usage, has_choices, renamed) = {
+        let peek: ResponsePeek<'_> = serde_json::from_str(&data).unwrap_or_default();
+        let renamed = match peek.model.as_deref() {
+            Some(m) if m != requested_model => set_model(data.as_bytes(), requested_model),
+            _ => None,
+        };
+        let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
+        (peek.usage, has_choices, renamed)
+    };
     Chunk {
-        data,
-        usage: peek.usage,
+        data: renamed.unwrap_or_else(|| Bytes::from(data)),
+        usage,
         has_choices,
     }
 }
@@ -329,7 +332,7 @@ mod tests {
     #[test]
     fn a_chunk_is_read_once_with_the_requested_model() {
         let c = chunk(
-            r#"{"model":"served","choices":[{"index":0,"delta":{"content":"a"}}]}"#,
+            r#"{"model":"served","choices":[{"index":0,"delta":{"content":"a"}}]}"#.into(),
             "caprl",
         );
         assert!(c.has_choices);
@@ -337,7 +340,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&c.data).expect("json");
         assert_eq!(v["model"], "caprl");
         let u = chunk(
-            r#"{"model":"caprl","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            r#"{"model":"caprl","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#
+                .into(),
             "caprl",
         );
         assert!(!u.has_choices);

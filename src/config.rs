@@ -3,7 +3,7 @@
 //!
 //! Precedence, highest first: a flag on the command line, its environment variable, the file,
 //! the default. The file has the same names in sections (`[server]`, `[limits]`, `[pool]`,
-//! `[engine]`), plus `[pools.NAME]` tables that override `[pool]` for one model's pool, which
+//! `[engine]`, `[batch]`), plus `[pools.NAME]` tables that override `[pool]` for one model's pool, which
 //! only the file can express. `deploy/README.md` and `README.md` carry the full table.
 
 use clap::parser::ValueSource;
@@ -49,6 +49,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub batch: BatchArgs,
 
     /// Per-model pool settings that override `[pool]`; only the TOML file can set these.
     #[arg(skip)]
@@ -242,6 +245,50 @@ pub struct PoolArgs {
     /// How often `dns+http://` worker names are re-resolved.
     #[arg(long, env = "CAPRL_DNS_REFRESH_SECS", default_value_t = 5.0)]
     pub dns_refresh_secs: f64,
+
+    /// Share of each worker's `max_in_flight` (and `max_tokens_in_flight`) that batch lines
+    /// may hold (0 to 1). Batch lines are admitted only into what interactive requests leave
+    /// free, and never past this share, so the rest stays free for interactive requests.
+    #[arg(long, env = "CAPRL_BATCH_SHARE", default_value_t = 0.75)]
+    pub batch_share: f64,
+}
+
+/// The files and batch APIs (`/v1/files`, `/v1/batches`): where their state lives and its
+/// bounds. Off unless `--data-dir` is set.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchArgs {
+    /// Directory for uploaded files, batch output and the batch database (SQLite). Without
+    /// it the files and batch endpoints answer 404.
+    #[arg(long, env = "CAPRL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Largest file one upload may be (OpenAI's limit is 200 MB; a CapRL batch with inline
+    /// images is larger).
+    #[arg(long, env = "CAPRL_MAX_FILE_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub max_file_bytes: u64,
+
+    /// Most bytes all stored files (uploads and batch output) may take on disk; an upload
+    /// past it is refused with 413.
+    #[arg(long, env = "CAPRL_FILES_QUOTA_BYTES", default_value = "100GiB", value_parser = parse_bytes)]
+    pub files_quota_bytes: u64,
+
+    /// What a batch's `completion_window` ("24h", the only value) lasts, in seconds: past it
+    /// the batch expires with what it finished.
+    #[arg(long, env = "CAPRL_BATCH_WINDOW_SECS", default_value_t = 86_400.0)]
+    pub batch_window_secs: f64,
+
+    /// Lines of one batch that may be waiting for a worker or running at once. How many
+    /// actually run is the pool's to say (`--batch-share`); this bounds what one batch holds
+    /// in memory.
+    #[arg(long, env = "CAPRL_BATCH_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub batch_max_in_flight: usize,
+}
+
+impl BatchArgs {
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.batch_window_secs)
+    }
 }
 
 /// `[pools.NAME]`: any subset of `[pool]`'s keys.
@@ -333,7 +380,7 @@ macro_rules! defaults_from_clap {
         }
     )*};
 }
-defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs);
+defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs, BatchArgs);
 
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -474,6 +521,19 @@ impl ServeArgs {
             WorkerSpec::parse(spec, &self.server.served_model_name)
                 .map_err(|m| config_error("server.workers", format!("`{spec}`: {m}")))?;
         }
+        let b = &self.batch;
+        if !b.batch_window_secs.is_finite() || b.batch_window_secs <= 0.0 {
+            return Err(config_error("batch.batch_window_secs", "must be positive"));
+        }
+        if b.batch_max_in_flight == 0 {
+            return Err(config_error(
+                "batch.batch_max_in_flight",
+                "must be positive",
+            ));
+        }
+        if b.max_file_bytes == 0 {
+            return Err(config_error("batch.max_file_bytes", "must be positive"));
+        }
         self.pool.validate("pool")?;
         for name in self.pools.keys() {
             let settings = self.pool_settings(name)?;
@@ -540,6 +600,12 @@ impl PoolArgs {
             return Err(config_error(
                 format!("{section}.queue_timeout_secs"),
                 "must be zero or more",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.batch_share) {
+            return Err(config_error(
+                format!("{section}.batch_share"),
+                "must be between 0 and 1",
             ));
         }
         if self.eject_max_secs < self.eject_base_secs {

@@ -12,11 +12,17 @@
 //! or 501 about what it asked for) is not retried: it would fail the same way anywhere, and
 //! retrying would multiply what one bad request costs the fleet.
 
+use crate::api::chat::{ResponsePeek, Usage};
 use crate::error::GatewayError;
 use crate::pool::Lease;
 use crate::state::Pool;
 use crate::validate::ValidRequest;
+use crate::worker::http::set_model;
 use crate::worker::{Fault, SendError, SendLimits, Upstream};
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http::StatusCode;
 use tokio::time::Instant;
 
 /// A request that got no answer: the error for the client, and the last worker tried.
@@ -36,11 +42,34 @@ impl From<GatewayError> for Failed {
 }
 
 /// Admit, send, and fail over: the worker's answer head and the lease that holds its slot.
+///
+/// `deadline` bounds the whole request, its wait for a worker included. A bulk request (a
+/// batch line, [`ValidRequest::bulk`]) waits for a worker until `deadline` and then has the
+/// pool's `request_timeout` from the moment it was admitted.
 pub async fn send_with_failover(
     pool: &Pool,
     req: &ValidRequest,
     request_id: &str,
     deadline: Instant,
+) -> Result<(Upstream, Lease), Failed> {
+    let lease = pool.queue.admit(req, Vec::new(), deadline).await?;
+    let deadline = if req.bulk {
+        Instant::now() + pool.request_timeout()
+    } else {
+        deadline
+    };
+    send_admitted(pool, req, request_id, deadline, lease).await
+}
+
+/// [`send_with_failover`] for a request already admitted with `lease` (from
+/// `pool.queue.admit`): a caller that must know when its request got a worker (the batch
+/// runner: a line admitted is a line started) admits it itself.
+pub async fn send_admitted(
+    pool: &Pool,
+    req: &ValidRequest,
+    request_id: &str,
+    deadline: Instant,
+    mut lease: Lease,
 ) -> Result<(Upstream, Lease), Failed> {
     let model = pool.members.model.as_str();
     let limits = SendLimits {
@@ -50,14 +79,6 @@ pub async fn send_with_failover(
     let mut avoid: Vec<String> = Vec::new();
     let mut attempt = 0;
     loop {
-        let lease = pool
-            .queue
-            .admit(req, avoid.clone(), deadline)
-            .await
-            .map_err(|error| Failed {
-                error,
-                worker: avoid.last().cloned(),
-            })?;
         let worker = lease.worker().clone();
         match worker
             .backend
@@ -106,7 +127,86 @@ pub async fn send_with_failover(
                 tracing::info!(request_id, worker = %worker.url, error = %error, attempt, "worker failed before any byte; retrying on another");
                 pool.metrics().retry(model);
                 avoid.push(worker.url.clone());
+                lease = pool
+                    .queue
+                    .admit(req, avoid.clone(), deadline)
+                    .await
+                    .map_err(|error| Failed {
+                        error,
+                        worker: avoid.last().cloned(),
+                    })?;
             }
         }
     }
+}
+
+/// A non-streamed answer, read whole, as `/v1/chat/completions` returns it: the worker's
+/// status, and its body with `model` set to the name the client asked for (an error body goes
+/// on unchanged).
+#[derive(Debug)]
+pub struct Whole {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// Largest non-streamed answer accepted from a worker (n × max_tokens × logprobs can be big).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Read a document answer ([`UpstreamBody::Json`]) to its end within `deadline`. A body
+/// that breaks off counts against the worker. Used by the HTTP relay and the batch runner, so
+/// both return the same bytes.
+pub async fn read_whole(
+    status: StatusCode,
+    body: BoxStream<'static, Result<Bytes, String>>,
+    lease: &Lease,
+    model: &str,
+    deadline: Instant,
+) -> Result<Whole, GatewayError> {
+    let body = match tokio::time::timeout_at(deadline, collect(body)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(message)) => {
+            lease.worker().record_outcome(Fault::Worker);
+            return Err(GatewayError::BadGateway(message));
+        }
+        Err(_) => {
+            return Err(GatewayError::Timeout(
+                "the answer did not complete within the request timeout".into(),
+            ))
+        }
+    };
+    let mut usage = None;
+    let body = if status.is_success() {
+        match serde_json::from_slice::<ResponsePeek<'_>>(&body) {
+            Ok(peek) => {
+                usage = peek.usage;
+                match peek.model.as_deref() {
+                    Some(m) if m != model => set_model(&body, model).unwrap_or(body),
+                    _ => body,
+                }
+            }
+            Err(_) => body,
+        }
+    } else {
+        body
+    };
+    Ok(Whole {
+        status,
+        body,
+        usage,
+    })
+}
+
+async fn collect(mut body: BoxStream<'static, Result<Bytes, String>>) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "worker answer larger than {MAX_RESPONSE_BYTES} bytes"
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }

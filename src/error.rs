@@ -33,6 +33,15 @@ pub enum GatewayError {
     /// The requested model is not served here.
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
+    /// A named object (a file, a batch) does not exist. `param` names the field.
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<String>,
+    },
+    /// The object is in a state that does not allow this (cancelling a finished batch).
+    #[error("{0}")]
+    Conflict(String),
     /// No route matches (`/v1/nonsense`).
     #[error("route not found: {0}")]
     RouteNotFound(String),
@@ -87,9 +96,10 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
-            GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            GatewayError::ModelNotFound(_)
+            | GatewayError::RouteNotFound(_)
+            | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ShuttingDown | GatewayError::NoWorker(_) => {
@@ -115,6 +125,8 @@ impl GatewayError {
             | GatewayError::TooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::RouteNotFound(_)
+            | GatewayError::NotFound { .. }
+            | GatewayError::Conflict(_)
             | GatewayError::MethodNotAllowed => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Overloaded { .. } => "rate_limit_error",
@@ -134,7 +146,8 @@ impl GatewayError {
             GatewayError::TooLarge { .. } => "payload_too_large",
             GatewayError::Unauthorized => "invalid_api_key",
             GatewayError::ModelNotFound(_) => "model_not_found",
-            GatewayError::RouteNotFound(_) => "not_found",
+            GatewayError::RouteNotFound(_) | GatewayError::NotFound { .. } => "not_found",
+            GatewayError::Conflict(_) => "conflict",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::ShuttingDown => "shutting_down",
@@ -147,9 +160,9 @@ impl GatewayError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            GatewayError::InvalidRequest { param, .. } | GatewayError::TooLarge { param, .. } => {
-                param.as_deref()
-            }
+            GatewayError::InvalidRequest { param, .. }
+            | GatewayError::TooLarge { param, .. }
+            | GatewayError::NotFound { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         }
@@ -221,6 +234,12 @@ impl IntoResponse for GatewayError {
                 "retry-after-ms",
                 HeaderValue::from(after.as_millis() as u64),
             );
+        }
+        // A conflict does not go away by itself: the openai client must not retry it.
+        if matches!(self, GatewayError::Conflict(_)) {
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         // Handlers log the cause; the response carries the error for the access log line.
         response.extensions_mut().insert(ErrorCode(self.code()));

@@ -25,6 +25,18 @@
 //! worker's answer head with its lease; the handler relays it (⑦). Anything else that sends
 //! requests as a client would (the batch runner, the cache) calls ③ the same way.
 //!
+//! # The path of a batch line
+//! ```text
+//! POST /v1/files, /v1/batches   http/files.rs, http/batches.rs: HTTP only
+//!  files.rs      an upload streamed to disk, its record stored; quota, expiry
+//!  batch/        the service: create (stored before answering), cancel, list, resume at start
+//!   input.rs     the whole input file checked once; every bad line reported
+//!   runner.rs    each line read back by offset, validated by ②, sent by ③ as a bulk request
+//!                (④ admits it after interactive ones, into `batch_share` of a worker), its
+//!                answer appended to the output or error file and recorded in groups
+//!  store/        the durable state behind one trait (`Store`); SQLite in sqlite.rs
+//! ```
+//!
 //! # Modules
 //! - [`config`]: the clap/TOML configuration, validated at start-up.
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
@@ -33,11 +45,13 @@
 //!   vLLM-compatible fake worker for tests and benchmarks.
 
 pub mod api;
+pub mod batch;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 #[cfg(feature = "fake-worker")]
 pub mod fake_worker;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod pool;
@@ -45,6 +59,7 @@ pub mod queue;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod validate;
 pub mod worker;

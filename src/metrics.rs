@@ -75,6 +75,8 @@ impl RejectReason {
             GatewayError::NoWorker(_) => RejectReason::NoWorker,
             GatewayError::ShuttingDown => RejectReason::ShuttingDown,
             GatewayError::RouteNotFound(_)
+            | GatewayError::NotFound { .. }
+            | GatewayError::Conflict(_)
             | GatewayError::MethodNotAllowed
             | GatewayError::BadGateway(_)
             | GatewayError::WorkerStatus { .. }
@@ -161,6 +163,15 @@ pub struct Metrics {
     /// `unauthorized`, `shutting_down`). `model_name` is empty when the model was not known (or
     /// not served). Recorded through [`Metrics::reject`] or [`Metrics::rejected`].
     pub rejections: IntCounterVec,
+    /// Batch lines waiting in the admission queue, by model (they yield to interactive ones).
+    pub bulk_queue_depth: IntGaugeVec,
+    /// Batches by status (`validating`, `in_progress`, …, `cancelled`).
+    pub batches: IntGaugeVec,
+    /// Batch lines finished, by model and outcome (`completed`: in the output file; `failed`:
+    /// in the error file, not executed lines included).
+    pub batch_lines: IntCounterVec,
+    /// Bytes the files API holds on disk (uploads and batch output).
+    pub files_bytes: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -323,6 +334,22 @@ impl Metrics {
                 "Requests refused by the gateway, by reason.",
                 &["model_name", "reason"],
             ),
+            bulk_queue_depth: gauge(
+                "bulk_queue_depth",
+                "Batch lines waiting in the admission queue.",
+                &["model_name"],
+            ),
+            batches: gauge("batches", "Batches by status.", &["status"]),
+            batch_lines: counter(
+                "batch_lines_total",
+                "Batch lines finished, by outcome (completed, failed).",
+                &["model_name", "outcome"],
+            ),
+            files_bytes: gauge(
+                "files_bytes",
+                "Bytes the files API holds on disk (uploads and batch output).",
+                &[],
+            ),
             registry,
         }
     }
@@ -352,6 +379,48 @@ impl Metrics {
     /// A request sent again, to another worker, after a failure before any byte.
     pub fn retry(&self, model: &str) {
         self.retries.with_label_values(&[model]).inc();
+    }
+
+    /// How many batch lines wait in `model`'s queue now.
+    pub fn set_bulk_queue_depth(&self, model: &str, depth: usize) {
+        self.bulk_queue_depth
+            .with_label_values(&[model])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Batches in each status now (every status is set, absent ones to 0).
+    pub fn set_batches(&self, counts: &[(crate::store::Status, u64)]) {
+        for status in crate::store::Status::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
+            self.batches
+                .with_label_values(&[status.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Batch lines of `model` finished: `completed` into the output file, `failed` into the
+    /// error file.
+    pub fn batch_lines_done(&self, model: &str, completed: u64, failed: u64) {
+        if completed > 0 {
+            self.batch_lines
+                .with_label_values(&[model, "completed"])
+                .inc_by(completed);
+        }
+        if failed > 0 {
+            self.batch_lines
+                .with_label_values(&[model, "failed"])
+                .inc_by(failed);
+        }
+    }
+
+    /// Bytes the files API holds now.
+    pub fn set_files_bytes(&self, bytes: u64) {
+        self.files_bytes
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// How many requests wait in `model`'s queue now.

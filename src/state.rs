@@ -2,12 +2,17 @@
 //! (its members, its admission queue, its probe and discovery tasks), the HTTP client, metrics
 //! and the drain switch. Handlers get it as axum `State`.
 
+use crate::batch::Batches;
 use crate::config::{ServeArgs, WorkerTarget};
+use crate::error::GatewayError;
+use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::pool::discovery::{self, DnsTarget, Resolver, SystemResolver};
 use crate::pool::{probe, HealthPolicy, Members, Worker};
 use crate::queue::QueueHandle;
 use crate::shutdown::Drain;
+use crate::store::{self, sqlite::Sqlite};
+use crate::validate::{validate_chat, ValidRequest, ValidateOptions};
 use crate::worker::{self, Backend};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,7 +67,9 @@ pub struct Inner {
     pub drain: Arc<Drain>,
     /// Unix time of start-up, for `/v1/models`' `created`.
     pub created: u64,
-    /// Every background task (queues, probes, discovery); stopped by `cancel`.
+    /// The files and batch APIs; None without `--data-dir`.
+    pub batches: Option<Batches>,
+    /// Every background task (queues, probes, discovery, batch runners); stopped by `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -144,20 +151,68 @@ impl AppState {
                 },
             );
         }
+        let batches = match &config.batch.data_dir {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+                })?;
+                let db = Sqlite::open(&dir.join("state.db"))?;
+                let shared = store::Shared(Arc::new(db));
+                let files = Files::open(
+                    dir,
+                    shared,
+                    config.batch.max_file_bytes,
+                    config.batch.files_quota_bytes,
+                    metrics.clone(),
+                )?;
+                Some(Batches::new(
+                    files,
+                    config.batch.window(),
+                    config.batch.batch_max_in_flight,
+                    metrics.clone(),
+                ))
+            }
+        };
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(AppState(Arc::new(Inner {
+        let state = AppState(Arc::new(Inner {
             config,
             pools,
             client,
             metrics,
             drain: Arc::new(Drain::default()),
             created,
+            batches,
             tasks,
             cancel,
-        })))
+        }));
+        if let Some(batches) = &state.batches {
+            batches.resume(&state)?;
+        }
+        Ok(state)
+    }
+
+    /// Check a chat request body as `/v1/chat/completions` does (the batch runner checks each
+    /// line with it too): a [`ValidRequest`] or the error to answer.
+    pub fn validate_chat(&self, body: bytes::Bytes) -> Result<ValidRequest, GatewayError> {
+        validate_chat(
+            body,
+            &ValidateOptions {
+                limits: &self.config.limits,
+                is_served: &|m| self.pools.contains_key(m),
+                keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
+                image_rejected: &|format| {
+                    let f = format.map_or("unknown", |f| f.as_str());
+                    self.metrics
+                        .images
+                        .with_label_values(&[f, "rejected"])
+                        .inc();
+                },
+            },
+        )
     }
 
     /// Ready: not draining, and every served model has a worker that can take requests.

@@ -9,7 +9,6 @@ use super::relay::{self, Guards};
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
 use crate::state::AppState;
-use crate::validate::{validate_chat, ValidRequest, ValidateOptions};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -28,7 +27,9 @@ pub async fn completions(
     };
     let mut model_hint = String::new();
     let req = match body.and_then(|RawBody(bytes)| {
-        validate(&state, bytes.clone()).inspect_err(|_| model_hint = served_model(&state, &bytes))
+        state
+            .validate_chat(bytes.clone())
+            .inspect_err(|_| model_hint = served_model(&state, &bytes))
     }) {
         Ok(req) => req,
         Err(err) => {
@@ -54,26 +55,6 @@ pub async fn completions(
             error.into_response()
         }
     }
-}
-
-fn validate(state: &AppState, body: bytes::Bytes) -> Result<ValidRequest, GatewayError> {
-    let req = validate_chat(
-        body,
-        &ValidateOptions {
-            limits: &state.config.limits,
-            is_served: &|m| state.pools.contains_key(m),
-            keep_image_bytes: &|m| state.pools.get(m).is_some_and(|p| p.in_process),
-            image_rejected: &|format| {
-                let f = format.map_or("unknown", |f| f.as_str());
-                state
-                    .metrics
-                    .images
-                    .with_label_values(&[f, "rejected"])
-                    .inc();
-            },
-        },
-    )?;
-    Ok(req)
 }
 
 /// On the error path only: the request's model when it is one we serve (a bounded label),

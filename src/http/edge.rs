@@ -29,13 +29,30 @@ const LINGER: Duration = Duration::from_secs(5);
 /// gateway does not spend its bandwidth on it, and the client sees the connection close.
 const LINGER_MAX_FACTOR: u64 = 2;
 
+/// Room for the multipart form around an uploaded file (boundaries, headers, `purpose`): the
+/// file itself is held to `max_file_bytes` while it is written.
+pub const UPLOAD_FORM_BYTES: u64 = 64 << 10;
+
+/// The most bytes an upload to `/v1/files` may declare.
+pub fn upload_limit(max_file_bytes: u64) -> u64 {
+    max_file_bytes.saturating_add(UPLOAD_FORM_BYTES)
+}
+
 /// The layer: refuse a bad `Host` or an over-limit `Content-Length` at once.
 pub async fn check_head(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Err(message) = check_host(&req) {
         reject(&state, "bad_request");
         return GatewayError::invalid(message, None).into_response();
     }
-    let limit = state.config.limits.max_body_bytes;
+    // An upload to `/v1/files` is streamed to disk, not held: it has the file limit.
+    let (limit, name) = if req.uri().path() == "/v1/files" {
+        (
+            upload_limit(state.config.batch.max_file_bytes),
+            "max_file_bytes",
+        )
+    } else {
+        (state.config.limits.max_body_bytes, "max_body_bytes")
+    };
     // hyper's size hint is the declared Content-Length (0 for a chunked body).
     let declared = req.body().size_hint().lower();
     if declared <= limit {
@@ -55,7 +72,7 @@ pub async fn check_head(State(state): State<AppState>, req: Request, next: Next)
     let mut resp = GatewayError::too_large(
         format!(
             "request body of {declared} bytes (Content-Length) exceeds the gateway's \
-             max_body_bytes ({limit})"
+             {name} ({limit})"
         ),
         None,
     )

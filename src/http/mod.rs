@@ -7,9 +7,11 @@
 //! `middleware::require_key` (when a key is set) → `extract::RawBody` (body limit) →
 //! `chat::completions` (validate, queue, send) → `relay` (the answer, whole or streamed).
 
+mod batches;
 mod chat;
 mod edge;
 mod extract;
+mod files;
 pub mod middleware;
 mod ops;
 mod record;
@@ -22,9 +24,23 @@ use axum::Router;
 
 pub fn app(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let file_limit = usize::try_from(edge::upload_limit(state.config.batch.max_file_bytes))
+        .unwrap_or(usize::MAX);
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(ops::models))
+        .route(
+            "/v1/files",
+            // An upload is streamed to disk: its limit is the file limit, not the body limit.
+            post(files::upload)
+                .layer(DefaultBodyLimit::max(file_limit))
+                .get(files::list),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         // Only the API needs the key; probes and scrapes do not.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

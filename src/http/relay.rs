@@ -13,12 +13,12 @@
 //!   error event, then `data: [DONE]`.
 
 use super::record::{Outcome, RequestRecord};
-use crate::api::chat::{ResponsePeek, Usage};
+use crate::api::chat::Usage;
+use crate::dispatch::{read_whole, Whole};
 use crate::error::GatewayError;
 use crate::pool::Lease;
 use crate::shutdown::InFlight;
 use crate::validate::ValidRequest;
-use crate::worker::http::set_model;
 use crate::worker::{Chunk, Fault, StreamEvent, Upstream, UpstreamBody};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -27,9 +27,6 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::time::Instant;
-
-/// Largest non-streamed answer accepted from a worker (n × max_tokens × logprobs can be big).
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// What holds the request's place until its answer has been relayed: the worker slot and the
 /// drain count. Dropped with the response (or its body, for a stream).
@@ -63,36 +60,16 @@ async fn whole(
     deadline: Instant,
     guards: &Guards,
 ) -> Response {
-    let body = match tokio::time::timeout_at(deadline, collect(body)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(message)) => {
-            guards.lease.worker().record_outcome(Fault::Worker);
-            let err = GatewayError::BadGateway(message);
+    let Whole {
+        status,
+        body,
+        usage,
+    } = match read_whole(status, body, &guards.lease, &req.model, deadline).await {
+        Ok(whole) => whole,
+        Err(err) => {
             record.finish(err.status(), Outcome::WorkerError, None);
             return err.into_response();
         }
-        Err(_) => {
-            let err = GatewayError::Timeout(
-                "the answer did not complete within the request timeout".into(),
-            );
-            record.finish(err.status(), Outcome::WorkerError, None);
-            return err.into_response();
-        }
-    };
-    let mut usage = None;
-    let body = if status.is_success() {
-        match serde_json::from_slice::<ResponsePeek<'_>>(&body) {
-            Ok(peek) => {
-                usage = peek.usage;
-                match peek.model.as_deref() {
-                    Some(m) if m != req.model => set_model(&body, &req.model).unwrap_or(body),
-                    _ => body,
-                }
-            }
-            Err(_) => body,
-        }
-    } else {
-        body
     };
     record.finish(status, Outcome::from_status(status), usage);
     let mut resp = Response::new(Body::from(body));
@@ -102,20 +79,6 @@ async fn whole(
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-async fn collect(mut body: BoxStream<'static, Result<Bytes, String>>) -> Result<Bytes, String> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!(
-                "worker answer larger than {MAX_RESPONSE_BYTES} bytes"
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 /// The state a streamed body carries; dropping it releases everything.

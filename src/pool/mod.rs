@@ -88,11 +88,22 @@ impl Worker {
     /// Whether this worker can take a request of `tokens` estimated tokens under the pool's
     /// caps. A request bigger than the whole token cap still runs, alone on an idle worker,
     /// rather than never.
-    pub fn has_room(&self, settings: &PoolArgs, tokens: u64) -> bool {
+    ///
+    /// A bulk request (a batch line) sees only its share of the caps (`batch_share`, at least
+    /// one request): what is above it stays free for interactive requests.
+    pub fn has_room(&self, settings: &PoolArgs, tokens: u64, bulk: bool) -> bool {
         let in_flight = self.in_flight();
         let held = self.load.tokens.load(Ordering::Relaxed);
-        in_flight < settings.max_in_flight
-            && (held.saturating_add(tokens) <= settings.max_tokens_in_flight || in_flight == 0)
+        let (max_in_flight, max_tokens) = if bulk {
+            let share = settings.batch_share;
+            (
+                ((f64::from(settings.max_in_flight) * share).floor() as u32).max(1),
+                (settings.max_tokens_in_flight as f64 * share) as u64,
+            )
+        } else {
+            (settings.max_in_flight, settings.max_tokens_in_flight)
+        };
+        in_flight < max_in_flight && (held.saturating_add(tokens) <= max_tokens || in_flight == 0)
     }
 
     /// May take requests now or soon (for `/ready`): not draining, up by probe, not ejected
@@ -164,6 +175,8 @@ pub struct Members {
 pub struct RouteInfo {
     pub tokens: u64,
     pub affinity: Option<u64>,
+    /// A batch line: admitted only into its share of a worker's caps.
+    pub bulk: bool,
 }
 
 impl Members {
@@ -272,7 +285,7 @@ impl Members {
                 in_flight: w.in_flight(),
                 tokens_in_flight: w.load.tokens.load(Ordering::Relaxed),
                 available: admit != Admit::Closed,
-                has_room: w.has_room(s, route.tokens),
+                has_room: w.has_room(s, route.tokens, route.bulk),
             });
             trials.push(admit == Admit::Trial);
         }
@@ -339,6 +352,7 @@ mod tests {
         let route = RouteInfo {
             tokens: 10,
             affinity: None,
+            bulk: false,
         };
         let mut leases = Vec::new();
         for _ in 0..4 {
@@ -370,16 +384,53 @@ mod tests {
         let m = members(1, PolicyKind::LeastOutstanding);
         let w = m.list()[0].clone();
         assert!(
-            w.has_room(&settings, 1_000),
+            w.has_room(&settings, 1_000, false),
             "idle: even past the token cap"
         );
         let first = Lease::take(w.clone(), 60, false, m.freed.clone());
-        assert!(w.has_room(&settings, 40));
-        assert!(!w.has_room(&settings, 41), "60 + 41 tokens > 100");
+        assert!(w.has_room(&settings, 40, false));
+        assert!(!w.has_room(&settings, 41, false), "60 + 41 tokens > 100");
         let second = Lease::take(w.clone(), 1, false, m.freed.clone());
-        assert!(!w.has_room(&settings, 1), "two requests in flight");
+        assert!(!w.has_room(&settings, 1, false), "two requests in flight");
         drop((first, second));
-        assert!(w.has_room(&settings, 100));
+        assert!(w.has_room(&settings, 100, false));
+    }
+
+    #[test]
+    fn a_bulk_request_sees_only_its_share_of_the_caps() {
+        let settings = PoolArgs {
+            max_in_flight: 4,
+            max_tokens_in_flight: 1_000,
+            batch_share: 0.5,
+            ..PoolArgs::default()
+        };
+        let m = members(1, PolicyKind::LeastOutstanding);
+        let w = m.list()[0].clone();
+        let first = Lease::take(w.clone(), 100, false, m.freed.clone());
+        assert!(w.has_room(&settings, 400, true));
+        assert!(!w.has_room(&settings, 401, true), "over half the token cap");
+        assert!(
+            w.has_room(&settings, 401, false),
+            "interactive has the whole cap"
+        );
+        let leases = (first, Lease::take(w.clone(), 1, false, m.freed.clone()));
+        assert!(
+            !w.has_room(&settings, 1, true),
+            "two of four is the bulk share"
+        );
+        assert!(
+            w.has_room(&settings, 1, false),
+            "interactive still has room"
+        );
+        drop(leases);
+        let none = PoolArgs {
+            batch_share: 0.0,
+            ..settings
+        };
+        assert!(
+            w.has_room(&none, 1, true),
+            "an idle worker takes one bulk request"
+        );
     }
 
     #[test]
@@ -402,6 +453,7 @@ mod tests {
         let route = RouteInfo {
             tokens: 1,
             affinity: None,
+            bulk: false,
         };
         let first = m.list()[0].url.clone();
         let (w, _) = m.choose(route, std::slice::from_ref(&first)).expect("some");

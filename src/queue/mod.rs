@@ -39,6 +39,8 @@ const MAX_TICKETS_PER_TURN: usize = 1024;
 struct Ticket {
     tokens: u64,
     priority: i64,
+    /// A batch line: after every interactive ticket, into the bulk share of a worker only.
+    bulk: bool,
     affinity: Option<u64>,
     /// Workers this request already failed on: chosen only if nothing else has room.
     avoid: Vec<String>,
@@ -50,9 +52,9 @@ struct Ticket {
     reply: oneshot::Sender<Result<Lease, GatewayError>>,
 }
 
-/// The waiting line, ordered by (priority, arrival): lower priority values first, as vLLM
-/// orders them.
-type Line = BTreeMap<(i64, u64), Ticket>;
+/// The waiting line, ordered by (class, priority, arrival): every interactive ticket before
+/// any batch line, then lower priority values first, as vLLM orders them.
+type Line = BTreeMap<(bool, i64, u64), Ticket>;
 
 /// The sending side of a model's queue. Cheap to clone; the actor stops when every handle is
 /// dropped and the line is empty.
@@ -92,6 +94,10 @@ impl QueueHandle {
 
     /// Wait for a worker with room. `avoid` lists workers this request already failed on;
     /// `deadline` is the request's own. Dropping the future withdraws the request.
+    ///
+    /// A bulk request (a batch line) waits until `deadline` rather than the queue's timeout,
+    /// is not counted against `queue_capacity` (the batch runner bounds how many it sends),
+    /// and waits for a place on the channel rather than being refused.
     pub async fn admit(
         &self,
         req: &ValidRequest,
@@ -109,14 +115,24 @@ impl QueueHandle {
         let ticket = Ticket {
             tokens: req.token_cost(),
             priority: req.priority,
+            bulk: req.bulk,
             affinity: req.affinity_key(),
             avoid,
             enqueued: now,
-            deadline: deadline.min(now + self.members.settings.queue_timeout()),
+            deadline: if req.bulk {
+                deadline
+            } else {
+                deadline.min(now + self.members.settings.queue_timeout())
+            },
             span: tracing::Span::current(),
             reply,
         };
-        if self.tx.try_send(ticket).is_err() {
+        if req.bulk {
+            self.tx
+                .send(ticket)
+                .await
+                .map_err(|_| GatewayError::ShuttingDown)?;
+        } else if self.tx.try_send(ticket).is_err() {
             self.metrics.rejected(model, RejectReason::QueueFull);
             return Err(overloaded("the queue is full"));
         }
@@ -142,6 +158,8 @@ async fn run(
     let capacity = members.settings.queue_capacity;
     let model = members.model.clone();
     let mut waiting = Line::new();
+    // Bulk tickets in `waiting`: they do not count against `capacity`.
+    let mut bulk: usize = 0;
     let mut seq: u64 = 0;
     let mut open = true;
     while open || !waiting.is_empty() {
@@ -149,10 +167,10 @@ async fn run(
         tokio::select! {
             ticket = rx.recv(), if open => match ticket {
                 Some(t) => {
-                    accept(&mut waiting, &mut seq, t, capacity, &metrics, &model);
+                    accept(&mut waiting, &mut seq, t, capacity, bulk, &metrics, &model);
                     for _ in 0..MAX_TICKETS_PER_TURN {
                         match rx.try_recv() {
-                            Ok(t) => accept(&mut waiting, &mut seq, t, capacity, &metrics, &model),
+                            Ok(t) => accept(&mut waiting, &mut seq, t, capacity, bulk, &metrics, &model),
                             Err(_) => break,
                         }
                     }
@@ -167,13 +185,16 @@ async fn run(
                     let _ = t.reply.send(Err(GatewayError::ShuttingDown));
                 }
                 metrics.set_queue_depth(&model, 0);
+                metrics.set_bulk_queue_depth(&model, 0);
                 return;
             }
         }
         let now = Instant::now();
         expire(&mut waiting, now, &metrics, &model);
         grant(&mut waiting, &members, now, &metrics);
-        metrics.set_queue_depth(&model, waiting.len());
+        bulk = waiting.keys().rev().take_while(|(b, _, _)| *b).count();
+        metrics.set_queue_depth(&model, waiting.len() - bulk);
+        metrics.set_bulk_queue_depth(&model, bulk);
     }
 }
 
@@ -182,17 +203,18 @@ fn accept(
     seq: &mut u64,
     t: Ticket,
     capacity: usize,
+    bulk: usize,
     metrics: &Metrics,
     model: &str,
 ) {
-    if waiting.len() >= capacity {
+    if !t.bulk && waiting.len() - bulk >= capacity {
         metrics.rejected(model, RejectReason::QueueFull);
         tracing::debug!(parent: &t.span, "queue full");
         let _ = t.reply.send(Err(overloaded("the queue is full")));
         return;
     }
     *seq += 1;
-    waiting.insert((t.priority, *seq), t);
+    waiting.insert((t.bulk, t.priority, *seq), t);
 }
 
 /// When to look at the line again if nothing wakes the actor first: the earliest deadline, or
@@ -211,7 +233,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Drop tickets whose caller left; answer 429 to those past their wait.
 fn expire(waiting: &mut Line, now: Instant, metrics: &Metrics, model: &str) {
-    let done: Vec<(i64, u64)> = waiting
+    let done: Vec<(bool, i64, u64)> = waiting
         .iter()
         .filter(|(_, t)| t.reply.is_closed() || now >= t.deadline)
         .map(|(k, _)| *k)
@@ -242,6 +264,7 @@ fn grant(waiting: &mut Line, members: &Members, now: Instant, metrics: &Metrics)
         let route = RouteInfo {
             tokens: head.get().tokens,
             affinity: head.get().affinity,
+            bulk: head.get().bulk,
         };
         let Some((worker, trial)) = members.choose(route, &head.get().avoid) else {
             if members.all_down() {

@@ -20,6 +20,7 @@ fn request(priority: i64) -> ValidRequest {
         image_tokens: 0,
         max_output_tokens: 10,
         priority,
+        bulk: false,
     }
 }
 

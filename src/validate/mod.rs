@@ -60,6 +60,10 @@ pub struct ValidRequest {
     pub max_output_tokens: u64,
     /// Lower is served first; 0 by default.
     pub priority: i64,
+    /// A batch line: admitted after every interactive request and only into the share of
+    /// each worker that interactive traffic leaves (`batch_share`). False from validation;
+    /// the batch runner sets it.
+    pub bulk: bool,
 }
 
 impl ValidRequest {
@@ -227,6 +231,7 @@ pub fn validate_chat(
         image_tokens,
         max_output_tokens: max_tokens.saturating_mul(n as u64),
         priority,
+        bulk: false,
     })
 }
 

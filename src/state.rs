@@ -211,8 +211,44 @@ impl AppState {
                         .with_label_values(&[f, "rejected"])
                         .inc();
                 },
+                read_file: &|id| self.read_image_file(id),
             },
         )
+    }
+
+    /// The bytes of an image uploaded with purpose `vision`, for a request that names it by
+    /// id. Blocking, like the rest of validation: a stored image is at most `max_image_bytes`
+    /// and usually in the page cache.
+    fn read_image_file(&self, id: &str) -> Result<Vec<u8>, String> {
+        let Some(batches) = &self.batches else {
+            return Err(format!(
+                "file {id}: images by file id need the files API (start the gateway with \
+                 --data-dir)"
+            ));
+        };
+        let files = &batches.files;
+        let row = files
+            .store
+            .0
+            .file(id)
+            .map_err(|e| {
+                tracing::error!(error = %e, "store failed");
+                format!("file {id} cannot be read now")
+            })?
+            .ok_or_else(|| format!("no such file: {id}"))?;
+        if row.purpose != "vision" {
+            return Err(format!(
+                "file {id} has purpose `{}`: an image must be uploaded with purpose `vision`",
+                row.purpose
+            ));
+        }
+        if row.bytes > self.config.limits.max_image_bytes {
+            return Err(format!(
+                "file {id} is {} bytes; the image limit is {} bytes",
+                row.bytes, self.config.limits.max_image_bytes
+            ));
+        }
+        std::fs::read(files.path(id)).map_err(|_| format!("no such file: {id}"))
     }
 
     /// Ready: not draining, and every served model has a worker that can take requests.

@@ -271,16 +271,19 @@ pub struct PartView<'a> {
     pub kind: Cow<'a, str>,
     pub text: Option<TextLen>,
     pub image_url: Option<ImageUrl<'a>>,
+    /// `{"type": "file", "file": {"file_id": "file-…"}}`: an image uploaded to `/v1/files`.
+    pub file: Option<FileRef<'a>>,
     pub extra: Vec<Extra<'a>>,
 }
 
 object_view!(PartView, "a content part (a JSON object)", |map| {
-    let (mut kind, mut text, mut image_url) = (None, None, None);
+    let (mut kind, mut text, mut image_url, mut file) = (None, None, None, None);
     let extra = entries(map, |key, map| {
         match key {
             "type" => fill(map, &mut kind, "type")?,
             "text" => fill(map, &mut text, "text")?,
             "image_url" => fill(map, &mut image_url, "image_url")?,
+            "file" => fill(map, &mut file, "file")?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -290,6 +293,7 @@ object_view!(PartView, "a content part (a JSON object)", |map| {
         kind: kind.ok_or_else(|| de::Error::missing_field("type"))?.0,
         text: text.flatten(),
         image_url: image_url.flatten(),
+        file: file.flatten(),
         extra,
     })
 });
@@ -332,6 +336,27 @@ object_view!(ImageUrl, "an object with a string `url`", |map| {
     let url: Option<Str<'a>> = url.flatten();
     Ok(ImageUrl {
         url: url.ok_or_else(|| de::Error::missing_field("url"))?.0,
+        extra,
+    })
+});
+
+/// A `file` content part's object: `{"file_id": "file-…"}` (OpenAI's `filename` and
+/// `file_data` are not taken: an image goes inline as an `image_url` data URL).
+#[derive(Debug, Default)]
+pub struct FileRef<'a> {
+    pub file_id: Option<Cow<'a, str>>,
+    pub extra: Vec<Extra<'a>>,
+}
+
+object_view!(FileRef, "an object with a string `file_id`", |map| {
+    let mut file_id = None;
+    let extra = entries(map, |key, map| match key {
+        "file_id" => fill(map, &mut file_id, "file_id").map(|()| true),
+        _ => Ok(false),
+    })?;
+    let file_id: Option<Str<'a>> = file_id.flatten();
+    Ok(FileRef {
+        file_id: file_id.map(|s| s.0),
         extra,
     })
 });

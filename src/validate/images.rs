@@ -149,6 +149,20 @@ pub fn check_data_url_sniffed(
     }
     let data = decode_base64(payload)
         .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+    check_image(data, limits, keep_bytes, param, sniffed, started)
+}
+
+/// Check decoded image bytes (from a data URL, or a stored file): size, format sniffed from
+/// the bytes, pixels from the header, aspect ratio; then hash them and count their tokens.
+pub fn check_image(
+    data: Vec<u8>,
+    limits: &ImageLimits,
+    keep_bytes: bool,
+    param: &str,
+    sniffed: &mut Option<ImageFormat>,
+    started: Instant,
+) -> Result<ImageInfo, GatewayError> {
+    let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
     if data.len() as u64 > limits.max_image_bytes {
         return Err(GatewayError::too_large(
             format!(
@@ -202,6 +216,12 @@ pub fn check_data_url_sniffed(
         check_time: started.elapsed(),
         data: keep_bytes.then(|| Bytes::from(data)),
     })
+}
+
+/// A data URL of `data`, with the media type of its sniffed `format`.
+pub fn data_url(format: ImageFormat, data: &[u8]) -> String {
+    let b64 = base64_simd::STANDARD.encode_to_string(data);
+    format!("data:image/{};base64,{b64}", format.as_str())
 }
 
 /// Standard base64, padding optional, SIMD-decoded.

@@ -87,6 +87,9 @@ pub struct ValidateOptions<'a> {
     pub keep_image_bytes: &'a dyn Fn(&str) -> bool,
     /// Told of each image that failed its checks, with its format when it was sniffed.
     pub image_rejected: &'a dyn Fn(Option<ImageFormat>),
+    /// The bytes of an image uploaded to `/v1/files` (purpose `vision`), by id; Err says why
+    /// there are none (unknown, deleted, not an image upload, the files API off).
+    pub read_file: &'a dyn Fn(&str) -> Result<Vec<u8>, String>,
 }
 
 impl ValidateOptions<'_> {
@@ -210,6 +213,12 @@ pub fn validate_chat(
     let add_usage = stream && !client_wants_usage;
     let has_stream_options = view.stream_options.is_some();
     drop(view);
+    // Images by file id go to the worker inline, as data URLs: workers know nothing of files.
+    let body = if scan.inline.is_empty() {
+        body
+    } else {
+        rewrite::inline_images(&body, &scan.inline)?
+    };
     let body = match (strip_priority, add_usage) {
         (false, false) => body,
         // The common streaming case: one prepended field, no re-serialization.
@@ -240,6 +249,8 @@ struct Scan {
     images: Vec<ImageInfo>,
     remote_images: usize,
     text_bytes: u64,
+    /// Parts given as file ids, to be replaced by their data URL: (message, part, URL).
+    inline: Vec<(usize, usize, String)>,
 }
 
 fn scan_message(
@@ -319,6 +330,34 @@ fn scan_part(
             scan.text_bytes += text.0 as u64;
             Ok(())
         }
+        "file" => {
+            let param = format!("{}.file", param());
+            let file = part.file.as_ref().ok_or_else(|| {
+                GatewayError::invalid("a file part needs `file`", Some(param.clone()))
+            })?;
+            let id = file.file_id.as_deref().ok_or_else(|| {
+                GatewayError::invalid(
+                    "a file part needs `file.file_id` (an image uploaded with purpose `vision`)",
+                    Some(format!("{param}.file_id")),
+                )
+            })?;
+            if scan.images.len() + scan.remote_images >= max_images {
+                return Err(GatewayError::too_large(
+                    format!("more than {max_images} images in one request"),
+                    Some(param),
+                ));
+            }
+            inline_file(
+                i,
+                j,
+                id,
+                &format!("{param}.file_id"),
+                limits,
+                keep,
+                opts,
+                scan,
+            )
+        }
         "image_url" => {
             let param = format!("{}.image_url", param());
             let image_url = part.image_url.as_ref().ok_or_else(|| {
@@ -350,6 +389,9 @@ fn scan_part(
                     }
                 }
                 Some("http" | "https") if images::has_host(url) => scan.remote_images += 1,
+                None if url.starts_with("file-") => {
+                    inline_file(i, j, url, &format!("{param}.url"), limits, keep, opts, scan)?
+                }
                 Some("http" | "https") => {
                     return Err(GatewayError::invalid(
                         "an http(s) image URL needs a host (http://host/path)",
@@ -366,9 +408,47 @@ fn scan_part(
             Ok(())
         }
         other => Err(GatewayError::invalid(
-            format!("unsupported content part type `{other}`; expected `text` or `image_url`"),
+            format!(
+                "unsupported content part type `{other}`; expected `text`, `image_url` or `file`"
+            ),
             Some(format!("{}.type", param())),
         )),
+    }
+}
+
+/// An image given by file id: read it, check it as a data URL's bytes are checked, and note
+/// the part for replacement by its data URL.
+#[allow(clippy::too_many_arguments)]
+fn inline_file(
+    i: usize,
+    j: usize,
+    id: &str,
+    param: &str,
+    limits: &ImageLimits,
+    keep: bool,
+    opts: &ValidateOptions<'_>,
+    scan: &mut Scan,
+) -> Result<(), GatewayError> {
+    let started = std::time::Instant::now();
+    let data =
+        (opts.read_file)(id).map_err(|why| GatewayError::invalid(why, Some(param.to_string())))?;
+    let mut sniffed = None;
+    // Checked with its bytes kept: they become the data URL.
+    match images::check_image(data, limits, true, param, &mut sniffed, started) {
+        Ok(mut info) => {
+            let bytes = info.data.take().unwrap_or_default();
+            scan.inline
+                .push((i, j, images::data_url(info.format, &bytes)));
+            if keep {
+                info.data = Some(bytes);
+            }
+            scan.images.push(info);
+            Ok(())
+        }
+        Err(e) => {
+            (opts.image_rejected)(sniffed);
+            Err(e)
+        }
     }
 }
 

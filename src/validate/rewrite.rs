@@ -51,6 +51,27 @@ pub fn rewrite_body(
     Ok(Bytes::from(out))
 }
 
+/// Replace the content parts at (message, part) by `image_url` parts with the given data URLs:
+/// images the client named by file id, inlined for the worker. The body is parsed and written
+/// again whole (keys in sorted order): only requests that name files pay for it.
+pub fn inline_images(body: &[u8], parts: &[(usize, usize, String)]) -> Result<Bytes, GatewayError> {
+    let invalid =
+        |e: serde_json::Error| GatewayError::invalid(format!("invalid JSON body: {e}"), None);
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    for (i, j, url) in parts {
+        let part = value
+            .get_mut("messages")
+            .and_then(|m| m.get_mut(*i))
+            .and_then(|m| m.get_mut("content"))
+            .and_then(|c| c.get_mut(*j))
+            .ok_or_else(|| {
+                GatewayError::Internal("an inlined part is not where validation saw it".into())
+            })?;
+        *part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
+    }
+    Ok(Bytes::from(serde_json::to_vec(&value).map_err(invalid)?))
+}
+
 /// Ask for the usage chunk by prepending the field: one copy, no scan. Only valid when the
 /// body has no `stream_options` (a duplicate key would be ambiguous) and is a non-empty object.
 pub fn prepend_usage(body: &[u8]) -> Option<Bytes> {

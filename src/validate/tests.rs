@@ -18,6 +18,7 @@ fn run_bytes(body: Vec<u8>) -> Result<ValidRequest, GatewayError> {
         is_served: &|m| m == "caprl",
         keep_image_bytes: &|_| false,
         image_rejected: &|_| {},
+        read_file: &|id| Err(format!("no such file: {id}")),
     };
     validate_chat(Bytes::from(body), &opts)
 }
@@ -381,4 +382,54 @@ fn the_whole_body_is_utf8() {
             .collect(),
         "messages[0].content",
     );
+}
+
+#[test]
+fn an_image_by_file_id_is_checked_and_inlined_as_a_data_url() {
+    let img = image::RgbImage::from_pixel(56, 84, image::Rgb([9, 8, 7]));
+    let mut png = Vec::new();
+    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encode");
+    let limits = limits();
+    let stored = png.clone();
+    let opts = ValidateOptions {
+        limits: &limits,
+        is_served: &|m| m == "caprl",
+        keep_image_bytes: &|_| false,
+        image_rejected: &|_| {},
+        read_file: &|id| {
+            if id == "file-cat" {
+                Ok(stored.clone())
+            } else {
+                Err(format!("no such file: {id}"))
+            }
+        },
+    };
+    let body = r#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"file","file":{"file_id":"file-cat"}}]}]}"#;
+    let v = validate_chat(Bytes::from(body), &opts).expect("valid");
+    assert_eq!(v.images.len(), 1);
+    assert_eq!(v.images[0].tokens, 6, "56x84 is 2x3 tokens");
+    assert!(
+        v.images[0].data.is_none(),
+        "bytes kept only for in-process pools"
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&v.body).expect("json");
+    let part = &sent["messages"][0]["content"][1];
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    assert_eq!(
+        part,
+        &serde_json::json!({"type": "image_url", "image_url": {"url": url}})
+    );
+    assert_eq!(
+        sent["messages"][0]["content"][0]["text"], "a",
+        "other parts kept"
+    );
+
+    let by_url = r#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file-nope"}}]}]}"#;
+    let err = validate_chat(Bytes::from(by_url), &opts).expect_err("unknown id");
+    assert_eq!(err.status(), 400);
+    assert_eq!(param(&err), "messages[0].content[0].image_url.url");
 }

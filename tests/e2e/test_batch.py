@@ -891,3 +891,68 @@ def test_interactive_latency_during_a_saturating_batch(cluster, tmp_path):
     print(f"interactive latency: idle median {idle_med * 1000:.0f} ms, during the batch "
           f"{busy_med * 1000:.0f} ms (x{busy_med / idle_med:.2f}); worker in flight {in_flight}")
     assert busy_med < 3 * idle_med, (idle, busy)
+
+
+# ---------------------------------------------------------------------------- images by file id
+
+def test_images_by_file_id_are_checked_and_sent_inline(cluster, tmp_path):
+    """An image uploaded once with purpose `vision` is named in a request by id, as OpenAI's
+    `{"type": "file", "file": {"file_id"}}` part or as `image_url.url`; the gateway checks it as
+    it checks a data URL and sends it to the worker as one. Unknown ids, ids of files that are no
+    image upload and deleted ids are 400s naming the field; a batch line can name one too."""
+    import base64
+
+    w = cluster.worker()
+    g = start_gateway(cluster, [w], tmp_path / "data")
+    client = g.openai()
+    png = image_bytes("PNG", (64, 48), noise=True)
+    image = client.files.create(file=("cat.png", png), purpose="vision")
+    assert image.purpose == "vision" and image.bytes == len(png)
+    expected_url = "data:image/png;base64," + base64.b64encode(png).decode()
+
+    def sent_part() -> dict:
+        body = w.last_request()["body"]
+        return body["messages"][0]["content"][0]
+
+    forms = [
+        {"type": "file", "file": {"file_id": image.id}},
+        {"type": "image_url", "image_url": {"url": image.id}},
+    ]
+    for part in forms:
+        r = client.chat.completions.create(
+            model=MODEL, max_tokens=4,
+            messages=[{"role": "user", "content": [part, {"type": "text", "text": "Describe."}]}])
+        assert r.choices[0].message.content
+        got = sent_part()
+        assert got["type"] == "image_url", got
+        # The fake worker elides data URLs to their head and length.
+        assert got["image_url"]["url"] == f"{expected_url[:32]}…({len(expected_url)} chars)", got
+
+    text = client.files.create(file=("notes.jsonl", b'{"a": 1}\n'), purpose="batch")
+    bad = [
+        ({"type": "file", "file": {"file_id": "file-doesnotexist"}}, "messages[0].content[0].file.file_id"),
+        ({"type": "image_url", "image_url": {"url": text.id}}, "messages[0].content[0].image_url.url"),
+        ({"type": "file", "file": {}}, "messages[0].content[0].file.file_id"),
+    ]
+    seen_before = w.requests()
+    for part, param in bad:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, max_tokens=4,
+                                           messages=[{"role": "user", "content": [part]}])
+        check_envelope(info.value.response.json(), param=param)
+    assert w.requests() == seen_before, "a refused request reached the worker"
+
+    # A batch line names the image by id; after the file is deleted, a new request is refused.
+    lines = [line("by-id", [{"role": "user", "content": [forms[0], {"type": "text", "text": "Describe."}]}],
+                  max_tokens=4)]
+    batch = create_batch(client, upload(client, lines))
+    b = poll(lambda: (x := client.batches.retrieve(batch.id)).status in TERMINAL and x, 20,
+             what="the batch to end")
+    assert b.status == "completed" and b.request_counts.completed == 1, b
+    out = read_jsonl(client, b.output_file_id)
+    assert out[0]["response"]["status_code"] == 200, out
+    client.files.delete(image.id)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, max_tokens=4,
+                                       messages=[{"role": "user", "content": [forms[0]]}])
+    check_envelope(info.value.response.json(), param="messages[0].content[0].file.file_id")

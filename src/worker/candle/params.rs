@@ -263,6 +263,7 @@ mod tests {
             is_served: &|m| m == "caprl",
             keep_image_bytes: &|_| false,
             image_rejected: &|_| {},
+            read_file: &|id| Err(format!("no such file: {id}")),
         };
         let image = r#"{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}"#;
         let contents = [

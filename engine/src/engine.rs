@@ -15,9 +15,7 @@
 //! `Finished`. Dropping the receiver cancels the request at the next step boundary.
 
 use crate::backend::{ProcessedImage, StepModel};
-// The old path (`caprl_engine::engine::Event`, …), still used by the gateway's `wire.rs`:
-// make this a plain `use crate::event::Event` once it imports from the crate root.
-pub use crate::event::{Event, FinishReason, StopReason};
+use crate::event::Event;
 use crate::metrics::EngineMetrics;
 use crate::model::Qwen25VL;
 use crate::processor;

@@ -37,9 +37,8 @@
 pub mod backend;
 pub mod config;
 pub mod detokenize;
-/// Public only for the old paths (`caprl_engine::engine::Event`, …) the gateway's `wire.rs`
-/// still uses; import from the crate root.
-pub mod engine;
+// The handle's module is private: its types are re-exported below, the one way in.
+mod engine;
 pub mod event;
 pub mod metrics;
 pub mod model;

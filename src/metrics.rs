@@ -86,6 +86,51 @@ impl RejectReason {
     }
 }
 
+/// How a chat request ended, as `requests_total`'s `outcome` label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The worker answered 4xx (passed through).
+    ClientError,
+    /// The gateway refused it (queue full or timed out, no worker, draining).
+    Rejected,
+    WorkerError,
+    /// The client left before the end.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::Rejected => "rejected",
+            Outcome::WorkerError => "worker_error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_error(err: &GatewayError) -> Outcome {
+        match err {
+            GatewayError::Overloaded { .. }
+            | GatewayError::ShuttingDown
+            | GatewayError::NoWorker(_) => Outcome::Rejected,
+            e if e.status().is_client_error() => Outcome::ClientError,
+            _ => Outcome::WorkerError,
+        }
+    }
+
+    pub fn from_status(status: StatusCode) -> Outcome {
+        if status.is_success() {
+            Outcome::Success
+        } else if status.is_client_error() {
+            Outcome::ClientError
+        } else {
+            Outcome::WorkerError
+        }
+    }
+}
+
 /// A worker's health as `worker_health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthLevel {
@@ -352,6 +397,86 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// An HTTP request answered: `route` is the matched route template (a bounded label).
+    pub fn http_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.http_requests
+            .with_label_values(&[route, method, status.as_str()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A chat request finished: counted by outcome, timed, its tokens added.
+    pub fn request_finished(
+        &self,
+        model: &str,
+        outcome: Outcome,
+        stream: bool,
+        elapsed: std::time::Duration,
+        usage: Option<&crate::api::chat::Usage>,
+    ) {
+        let streaming = if stream { "true" } else { "false" };
+        self.requests
+            .with_label_values(&[model, outcome.as_str(), streaming])
+            .inc();
+        self.request_duration
+            .with_label_values(&[model, streaming])
+            .observe(elapsed.as_secs_f64());
+        if let Some(u) = usage {
+            self.tokens
+                .with_label_values(&[model, "prompt"])
+                .inc_by(u.prompt_tokens);
+            self.tokens
+                .with_label_values(&[model, "completion"])
+                .inc_by(u.completion_tokens);
+        }
+    }
+
+    /// Time to a stream's first token.
+    pub fn first_token(&self, model: &str, after: std::time::Duration) {
+        self.ttft
+            .with_label_values(&[model])
+            .observe(after.as_secs_f64());
+    }
+
+    /// Mean time per output token after the first, of one stream.
+    pub fn per_output_token(&self, model: &str, seconds: f64) {
+        self.tpot.with_label_values(&[model]).observe(seconds);
+    }
+
+    /// An image that passed its checks: counted by format, its size, pixels and check time.
+    pub fn image_checked(&self, img: &crate::validate::ImageInfo) {
+        let f = img.format.as_str();
+        self.images.with_label_values(&[f, "ok"]).inc();
+        self.image_bytes
+            .with_label_values(&[f])
+            .observe(img.bytes as f64);
+        self.image_pixels
+            .with_label_values(&[f])
+            .observe(img.width as f64 * img.height as f64);
+        self.image_check
+            .with_label_values(&[f])
+            .observe(img.check_time.as_secs_f64());
+    }
+
+    /// An image that failed its checks, with its format when it was sniffed.
+    pub fn image_rejected(&self, format: Option<crate::validate::ImageFormat>) {
+        let f = format.map_or("unknown", |f| f.as_str());
+        self.images.with_label_values(&[f, "rejected"]).inc();
+    }
+
+    /// Visual tokens estimated for `model`'s requests.
+    pub fn image_tokens(&self, model: &str, tokens: u64) {
+        self.image_tokens.with_label_values(&[model]).inc_by(tokens);
     }
 
     /// A request refused with `err`, when `err` is a refusal (see [`RejectReason::of`]).

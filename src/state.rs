@@ -204,13 +204,7 @@ impl AppState {
                 limits: &self.config.limits,
                 is_served: &|m| self.pools.contains_key(m),
                 keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
-                image_rejected: &|format| {
-                    let f = format.map_or("unknown", |f| f.as_str());
-                    self.metrics
-                        .images
-                        .with_label_values(&[f, "rejected"])
-                        .inc();
-                },
+                image_rejected: &|format| self.metrics.image_rejected(format),
                 read_file: &|id| self.read_image_file(id),
             },
         )

@@ -9,6 +9,7 @@
 //! length with no body hung. This layer answers from the head alone.
 
 use crate::error::GatewayError;
+use crate::metrics::RejectReason;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -41,7 +42,7 @@ pub fn upload_limit(max_file_bytes: u64) -> u64 {
 /// The layer: refuse a bad `Host` or an over-limit `Content-Length` at once.
 pub async fn check_head(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Err(message) = check_host(&req) {
-        reject(&state, "bad_request");
+        reject(&state, RejectReason::BadRequest);
         return GatewayError::invalid(message, None).into_response();
     }
     // An upload to `/v1/files` is streamed to disk, not held: it has the file limit.
@@ -58,7 +59,7 @@ pub async fn check_head(State(state): State<AppState>, req: Request, next: Next)
     if declared <= limit {
         return next.run(req).await;
     }
-    reject(&state, "too_large");
+    reject(&state, RejectReason::TooLarge);
     let http1 = req.version() <= Version::HTTP_11;
     // A client that asked `Expect: 100-continue` has sent no body and will not now: reading
     // would make hyper invite it with `100 Continue`, so the body is dropped unread.
@@ -100,12 +101,8 @@ fn linger(state: &AppState, mut body: Body) {
     });
 }
 
-fn reject(state: &AppState, reason: &str) {
-    state
-        .metrics
-        .rejections
-        .with_label_values(&["", reason])
-        .inc();
+fn reject(state: &AppState, reason: RejectReason) {
+    state.metrics.rejected("", reason);
 }
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any

@@ -65,14 +65,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let status = resp.status();
     state
         .metrics
-        .http_requests
-        .with_label_values(&[route, method.as_str(), status.as_str()])
-        .inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
+        .http_request(route, method.as_str(), status, started.elapsed());
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -5,56 +5,12 @@
 
 use super::middleware::RequestId;
 use crate::api::chat::Usage;
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
+pub use crate::metrics::Outcome;
 use crate::state::AppState;
 use crate::validate::ValidRequest;
 use axum::http::StatusCode;
 use tokio::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The worker answered 4xx (passed through).
-    ClientError,
-    /// The gateway refused it (queue full or timed out, no worker, draining).
-    Rejected,
-    WorkerError,
-    /// The client left before the end.
-    Cancelled,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::ClientError => "client_error",
-            Outcome::Rejected => "rejected",
-            Outcome::WorkerError => "worker_error",
-            Outcome::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn from_error(err: &GatewayError) -> Outcome {
-        match err {
-            GatewayError::Overloaded { .. }
-            | GatewayError::ShuttingDown
-            | GatewayError::NoWorker(_) => Outcome::Rejected,
-            e if e.status().is_client_error() => Outcome::ClientError,
-            _ => Outcome::WorkerError,
-        }
-    }
-
-    pub fn from_status(status: StatusCode) -> Outcome {
-        if status.is_success() {
-            Outcome::Success
-        } else if status.is_client_error() {
-            Outcome::ClientError
-        } else {
-            Outcome::WorkerError
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct RequestRecord {
@@ -77,25 +33,9 @@ impl RequestRecord {
     ) -> RequestRecord {
         let metrics = &state.metrics;
         for img in &req.images {
-            let f = img.format.as_str();
-            metrics.images.with_label_values(&[f, "ok"]).inc();
-            metrics
-                .image_bytes
-                .with_label_values(&[f])
-                .observe(img.bytes as f64);
-            metrics
-                .image_pixels
-                .with_label_values(&[f])
-                .observe(img.width as f64 * img.height as f64);
-            metrics
-                .image_check
-                .with_label_values(&[f])
-                .observe(img.check_time.as_secs_f64());
+            metrics.image_checked(img);
         }
-        metrics
-            .image_tokens
-            .with_label_values(&[req.model.as_str()])
-            .inc_by(req.image_tokens);
+        metrics.image_tokens(&req.model, req.image_tokens);
         let images = req
             .images
             .iter()
@@ -139,22 +79,8 @@ impl RequestRecord {
             return;
         }
         let elapsed = self.started.elapsed();
-        let streaming = if self.stream { "true" } else { "false" };
-        let m = &self.metrics;
-        m.requests
-            .with_label_values(&[self.model.as_str(), outcome.as_str(), streaming])
-            .inc();
-        m.request_duration
-            .with_label_values(&[self.model.as_str(), streaming])
-            .observe(elapsed.as_secs_f64());
-        if let Some(u) = usage {
-            m.tokens
-                .with_label_values(&[self.model.as_str(), "prompt"])
-                .inc_by(u.prompt_tokens);
-            m.tokens
-                .with_label_values(&[self.model.as_str(), "completion"])
-                .inc_by(u.completion_tokens);
-        }
+        self.metrics
+            .request_finished(&self.model, outcome, self.stream, elapsed, usage.as_ref());
         let usage = usage.unwrap_or_default();
         tracing::info!(
             request_id = %self.id,

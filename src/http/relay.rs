@@ -182,9 +182,7 @@ impl Relay {
             self.first_token_at = Some(now);
             self.record
                 .metrics()
-                .ttft
-                .with_label_values(&[&self.model])
-                .observe(now.duration_since(self.record.started()).as_secs_f64());
+                .first_token(&self.model, now.duration_since(self.record.started()));
         }
         let mut frame = BytesMut::with_capacity(chunk.data.len() + 8);
         frame.extend_from_slice(b"data: ");
@@ -210,9 +208,7 @@ impl Relay {
                 let per_token = first.elapsed().as_secs_f64() / (u.completion_tokens - 1) as f64;
                 self.record
                     .metrics()
-                    .tpot
-                    .with_label_values(&[&self.model])
-                    .observe(per_token);
+                    .per_output_token(&self.model, per_token);
             }
         }
         self.record

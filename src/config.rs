@@ -153,7 +153,8 @@ pub struct LimitArgs {
 
     /// Longest context (prompt plus output, in tokens) a worker accepts: vLLM's
     /// `--max-model-len`, 32768 in deploy/. A `max_tokens` or `max_completion_tokens` above it
-    /// is refused with 400 before a worker sees it.
+    /// is refused with 400 before a worker sees it. Used only for pools whose workers report no
+    /// `max_model_len` on `/v1/models` (vLLM does; the smallest reported one wins).
     #[arg(long, env = "CAPRL_MAX_MODEL_LEN", default_value_t = 32_768)]
     pub max_model_len: u64,
 

@@ -49,6 +49,9 @@ pub struct Behaviour {
     /// it ("Cannot connect to host"): a request-caused 5xx from a worker that is up.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub fail_remote_images: bool,
+    /// The context `/v1/models` reports (`max_model_len`, as vLLM does); 0 reports none.
+    #[arg(long, default_value_t = 32768)]
+    pub max_model_len: u64,
 }
 
 impl Default for Behaviour {
@@ -61,6 +64,7 @@ impl Default for Behaviour {
             healthy: true,
             default_max_tokens: 16,
             fail_remote_images: false,
+            max_model_len: 32768,
         }
     }
 }
@@ -171,11 +175,18 @@ async fn health(State(w): State<FakeWorker>) -> StatusCode {
 }
 
 async fn models(State(w): State<FakeWorker>) -> Json<Value> {
+    let len = w.behaviour().max_model_len;
     let data: Vec<Value> = w
         .0
         .models
         .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m, "parent": null, "max_model_len": 32768}))
+        .map(|m| {
+            let mut model = json!({"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m, "parent": null});
+            if len > 0 {
+                model["max_model_len"] = json!(len);
+            }
+            model
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

@@ -206,6 +206,9 @@ impl AppState {
                 keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
                 image_rejected: &|format| self.metrics.image_rejected(format),
                 read_file: &|id| self.read_image_file(id),
+                reported_max_model_len: &|m| {
+                    self.pools.get(m).and_then(|p| p.members.max_model_len())
+                },
             },
         )
     }

@@ -1301,3 +1301,29 @@ fn the_label_parser_undoes_escapes() {
     assert_eq!(labels["c"], "");
     assert_eq!(labels.len(), 3);
 }
+
+#[tokio::test]
+async fn max_tokens_is_bounded_by_the_context_the_worker_reports() {
+    let w = Worker::start(&["caprl"]).await;
+    w.fake.set(|b| b.max_model_len = 1024);
+    // The configured bound is larger: the worker's own word wins.
+    let g = Gateway::ready(&[w.url.clone()], &["--max-model-len", "32768"]).await;
+    let over = g.chat(&hi(2000)).await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST, "{}", over.text());
+    over.check_envelope(
+        Some("max_tokens"),
+        "invalid_request",
+        "invalid_request_error",
+    );
+    assert!(over.text().contains("1024"), "{}", over.text());
+    assert_eq!(w.requests(), 0, "refused before any worker saw it");
+    let fits = g.chat(&hi(1000)).await;
+    assert_eq!(fits.status, StatusCode::OK, "{}", fits.text());
+
+    // A worker that reports nothing leaves the configured bound in force.
+    let quiet = Worker::start(&["caprl"]).await;
+    quiet.fake.set(|b| b.max_model_len = 0);
+    let g = Gateway::ready(&[quiet.url.clone()], &["--max-model-len", "1500"]).await;
+    assert_eq!(g.chat(&hi(1000)).await.status, StatusCode::OK);
+    assert_eq!(g.chat(&hi(2000)).await.status, StatusCode::BAD_REQUEST);
+}

@@ -44,6 +44,8 @@ pub struct Worker {
     pub health: Health,
     /// Found gone by discovery: finishes what it has, gets nothing new.
     pub draining: AtomicBool,
+    /// The context the worker reports on `/v1/models` (`max_model_len`); 0 when unknown.
+    max_model_len: AtomicU64,
     /// Stable hash of `url`, for rendezvous hashing.
     key: u64,
     metrics: Metrics,
@@ -72,6 +74,7 @@ impl Worker {
             load: Load::default(),
             health,
             draining: AtomicBool::new(false),
+            max_model_len: AtomicU64::new(0),
             metrics,
         }
     }
@@ -79,6 +82,16 @@ impl Worker {
     pub(crate) fn metrics_in_flight(&self, delta: i64) {
         self.metrics
             .add_worker_in_flight(&self.model, &self.url, delta);
+    }
+
+    /// The context the worker reported, if it did.
+    pub fn max_model_len(&self) -> Option<u64> {
+        Some(self.max_model_len.load(Ordering::Relaxed)).filter(|n| *n > 0)
+    }
+
+    pub fn set_max_model_len(&self, len: Option<u64>) {
+        self.max_model_len
+            .store(len.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -201,6 +214,12 @@ impl Members {
     pub fn set(&self, workers: Vec<Arc<Worker>>) {
         *self.workers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(workers);
         self.freed.notify_one();
+    }
+
+    /// The longest context every worker that reported one accepts (the smallest reported
+    /// `max_model_len`: a request may go to any of them), or None when none reported.
+    pub fn max_model_len(&self) -> Option<u64> {
+        self.list().iter().filter_map(|w| w.max_model_len()).min()
     }
 
     /// At least one worker may take requests now (for `/ready`).

@@ -1,7 +1,9 @@
 //! Active health probes: every `health_interval_secs`, `GET /health` on each HTTP worker of a
 //! pool, all at once. A worker that comes up is asked `GET /v1/models` to check it serves the
-//! pool's model; one that serves something else is kept out, with an error in the log.
+//! pool's model (one that serves something else is kept out, with an error in the log) and
+//! for the context it reports (`max_model_len`), which then bounds `max_tokens` at validation.
 
+use super::health::ProbeState;
 use super::{Members, Transition, Worker};
 use crate::worker::http;
 use futures::future::join_all;
@@ -32,10 +34,11 @@ async fn probe_one(w: &Arc<Worker>, members: &Members, client: &reqwest::Client)
     };
     let timeout = members.settings.health_timeout();
     let passed = http::probe_health(client, base, timeout).await;
-    let transition = w.health.record_probe(passed);
-    if transition == Transition::WentUp || (passed && w.health.is_down()) {
+    // Before it can go up: what it serves (and its context) is known before any request.
+    if passed && (w.health.probe_state() != ProbeState::Up || w.health.is_down()) {
         check_model(w, client, base, timeout).await;
     }
+    let transition = w.health.record_probe(passed);
     w.log_transition(transition, "probe");
     w.update_health_gauge();
     transition == Transition::WentUp
@@ -48,12 +51,18 @@ async fn check_model(
     timeout: std::time::Duration,
 ) {
     match http::served_models(client, base, timeout).await {
-        Some(models) if !models.iter().any(|m| m == &w.model) => {
-            tracing::error!(worker = %w.url, expected = %w.model, serves = ?models,
-                "worker does not serve the pool's model; kept out of rotation (start vLLM with --served-model-name {})", w.model);
-            w.health.set_model_ok(false);
-        }
-        Some(_) => w.health.set_model_ok(true),
+        Some(models) => match models.iter().find(|m| m.id == w.model) {
+            Some(served) => {
+                w.health.set_model_ok(true);
+                w.set_max_model_len(served.max_model_len);
+            }
+            None => {
+                let serves: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+                tracing::error!(worker = %w.url, expected = %w.model, serves = ?serves,
+                    "worker does not serve the pool's model; kept out of rotation (start vLLM with --served-model-name {})", w.model);
+                w.health.set_model_ok(false);
+            }
+        },
         None => {
             tracing::warn!(worker = %w.url, "worker did not list its models; serving it unchecked");
             w.health.set_model_ok(true);

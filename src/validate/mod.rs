@@ -90,15 +90,15 @@ pub struct ValidateOptions<'a> {
     /// The bytes of an image uploaded to `/v1/files` (purpose `vision`), by id; Err says why
     /// there are none (unknown, deleted, not an image upload, the files API off).
     pub read_file: &'a dyn Fn(&str) -> Result<Vec<u8>, String>,
+    /// The context `model`'s workers report, when they do.
+    pub reported_max_model_len: &'a dyn Fn(&str) -> Option<u64>,
 }
 
 impl ValidateOptions<'_> {
-    /// The longest context `model`'s workers accept, which bounds `max_tokens`. This is the
-    /// hook for a worker-reported `max_model_len` (vLLM's `/v1/models` has one): give
-    /// `ValidateOptions` a `max_model_len: &dyn Fn(&str) -> Option<u64>` filled from the pool
-    /// (`http/chat.rs`), and prefer it here. Until then, the configured `--max-model-len`.
-    pub fn max_model_len(&self, _model: &str) -> u64 {
-        self.limits.max_model_len
+    /// The longest context `model`'s workers accept, which bounds `max_tokens`: what the
+    /// workers report on `/v1/models` (vLLM's `max_model_len`), else `--max-model-len`.
+    pub fn max_model_len(&self, model: &str) -> u64 {
+        (self.reported_max_model_len)(model).unwrap_or(self.limits.max_model_len)
     }
 }
 

@@ -19,6 +19,7 @@ fn run_bytes(body: Vec<u8>) -> Result<ValidRequest, GatewayError> {
         keep_image_bytes: &|_| false,
         image_rejected: &|_| {},
         read_file: &|id| Err(format!("no such file: {id}")),
+        reported_max_model_len: &|_| None,
     };
     validate_chat(Bytes::from(body), &opts)
 }
@@ -397,6 +398,7 @@ fn an_image_by_file_id_is_checked_and_inlined_as_a_data_url() {
         is_served: &|m| m == "caprl",
         keep_image_bytes: &|_| false,
         image_rejected: &|_| {},
+        reported_max_model_len: &|_| None,
         read_file: &|id| {
             if id == "file-cat" {
                 Ok(stored.clone())

@@ -253,11 +253,19 @@ pub async fn probe_health(client: &reqwest::Client, base: &str, timeout: Duratio
 }
 
 /// The model names `GET {base}/v1/models` lists, if it answers.
+/// One model a worker lists on `/v1/models`, with the context it reports (vLLM's
+/// `max_model_len`), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModel {
+    pub id: String,
+    pub max_model_len: Option<u64>,
+}
+
 pub async fn served_models(
     client: &reqwest::Client,
     base: &str,
     timeout: Duration,
-) -> Option<Vec<String>> {
+) -> Option<Vec<ServedModel>> {
     let resp = tokio::time::timeout(timeout, client.get(format!("{base}/v1/models")).send())
         .await
         .ok()?
@@ -270,7 +278,15 @@ pub async fn served_models(
         v.get("data")?
             .as_array()?
             .iter()
-            .filter_map(|m| m.get("id")?.as_str().map(str::to_string))
+            .filter_map(|m| {
+                Some(ServedModel {
+                    id: m.get("id")?.as_str()?.to_string(),
+                    max_model_len: m
+                        .get("max_model_len")
+                        .and_then(serde_json::Value::as_u64)
+                        .filter(|n| *n > 0),
+                })
+            })
             .collect(),
     )
 }

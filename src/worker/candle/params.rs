@@ -264,6 +264,7 @@ mod tests {
             keep_image_bytes: &|_| false,
             image_rejected: &|_| {},
             read_file: &|id| Err(format!("no such file: {id}")),
+            reported_max_model_len: &|_| None,
         };
         let image = r#"{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}"#;
         let contents = [

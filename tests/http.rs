@@ -1307,7 +1307,7 @@ async fn max_tokens_is_bounded_by_the_context_the_worker_reports() {
     let w = Worker::start(&["caprl"]).await;
     w.fake.set(|b| b.max_model_len = 1024);
     // The configured bound is larger: the worker's own word wins.
-    let g = Gateway::ready(&[w.url.clone()], &["--max-model-len", "32768"]).await;
+    let g = Gateway::ready(std::slice::from_ref(&w.url), &["--max-model-len", "32768"]).await;
     let over = g.chat(&hi(2000)).await;
     assert_eq!(over.status, StatusCode::BAD_REQUEST, "{}", over.text());
     over.check_envelope(
@@ -1323,7 +1323,11 @@ async fn max_tokens_is_bounded_by_the_context_the_worker_reports() {
     // A worker that reports nothing leaves the configured bound in force.
     let quiet = Worker::start(&["caprl"]).await;
     quiet.fake.set(|b| b.max_model_len = 0);
-    let g = Gateway::ready(&[quiet.url.clone()], &["--max-model-len", "1500"]).await;
+    let g = Gateway::ready(
+        std::slice::from_ref(&quiet.url),
+        &["--max-model-len", "1500"],
+    )
+    .await;
     assert_eq!(g.chat(&hi(1000)).await.status, StatusCode::OK);
     assert_eq!(g.chat(&hi(2000)).await.status, StatusCode::BAD_REQUEST);
 }

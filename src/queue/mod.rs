@@ -167,10 +167,10 @@ async fn run(
         tokio::select! {
             ticket = rx.recv(), if open => match ticket {
                 Some(t) => {
-                    accept(&mut waiting, &mut seq, t, capacity, bulk, &metrics, &model);
+                    accept(&mut waiting, &mut seq, t, capacity, &mut bulk, &metrics, &model);
                     for _ in 0..MAX_TICKETS_PER_TURN {
                         match rx.try_recv() {
-                            Ok(t) => accept(&mut waiting, &mut seq, t, capacity, bulk, &metrics, &model),
+                            Ok(t) => accept(&mut waiting, &mut seq, t, capacity, &mut bulk, &metrics, &model),
                             Err(_) => break,
                         }
                     }
@@ -203,17 +203,18 @@ fn accept(
     seq: &mut u64,
     t: Ticket,
     capacity: usize,
-    bulk: usize,
+    bulk: &mut usize,
     metrics: &Metrics,
     model: &str,
 ) {
-    if !t.bulk && waiting.len() - bulk >= capacity {
+    if !t.bulk && waiting.len() - *bulk >= capacity {
         metrics.rejected(model, RejectReason::QueueFull);
         tracing::debug!(parent: &t.span, "queue full");
         let _ = t.reply.send(Err(overloaded("the queue is full")));
         return;
     }
     *seq += 1;
+    *bulk += usize::from(t.bulk);
     waiting.insert((t.bulk, t.priority, *seq), t);
 }
 

@@ -276,3 +276,74 @@ async fn a_burst_in_one_turn_spreads_over_idle_workers() {
     assert_eq!(counts, vec![2, 2, 2], "least-outstanding spreads the burst");
     drop(leases);
 }
+
+fn bulk() -> ValidRequest {
+    ValidRequest {
+        bulk: true,
+        ..request(0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_lines_wait_behind_every_interactive_request_and_past_the_capacity() {
+    // One worker with room for 4; batch lines may hold half of it.
+    let s = setup(
+        1,
+        PoolArgs {
+            batch_share: 0.5,
+            ..settings(4)
+        },
+    );
+    let first = s.queue.admit(&bulk(), vec![], far()).await.expect("room");
+    let second = s.queue.admit(&bulk(), vec![], far()).await.expect("room");
+    // The bulk share is used up: more batch lines wait, more of them than the queue holds
+    // (capacity 4) — they do not count against it.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        let q = s.queue.clone();
+        let order = order.clone();
+        waiting.push(tokio::spawn(async move {
+            let lease = q.admit(&bulk(), vec![], far()).await.expect("admitted");
+            order.lock().expect("lock").push(format!("bulk{i}"));
+            lease
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        s.metrics
+            .bulk_queue_depth
+            .with_label_values(&["caprl"])
+            .get(),
+        6
+    );
+    // Interactive requests still get the other half at once, though batch lines came first.
+    let a = s
+        .queue
+        .admit(&request(0), vec![], far())
+        .await
+        .expect("room");
+    let b = s
+        .queue
+        .admit(&request(0), vec![], far())
+        .await
+        .expect("room");
+    assert_eq!(s.members.list()[0].in_flight(), 4);
+    assert!(
+        order.lock().expect("lock").is_empty(),
+        "no batch line past its share"
+    );
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        order.lock().expect("lock").is_empty(),
+        "freed interactive room is not the batch's: it is still at its share"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(*order.lock().expect("lock"), vec!["bulk0".to_string()]);
+    drop(second);
+    for w in waiting {
+        w.abort();
+    }
+}

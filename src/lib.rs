@@ -38,7 +38,8 @@
 //! ```
 //!
 //! # Modules
-//! - [`config`]: the clap/TOML configuration, validated at start-up.
+//! - [`config`]: the clap/TOML configuration (`args.rs`), validated once at start-up into
+//!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
 //! - `fake_worker` (feature `fake-worker`, on by default, off in the production images): a

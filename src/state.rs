@@ -99,13 +99,10 @@ impl AppState {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let client = worker::http::client(config.pool.connect_timeout());
-        let mut grouped: BTreeMap<String, Vec<WorkerTarget>> = BTreeMap::new();
-        for spec in config.worker_specs() {
-            grouped.entry(spec.model).or_default().push(spec.target);
-        }
+        let resolved = config.resolve()?;
         let mut pools = BTreeMap::new();
-        for (model, targets) in grouped {
-            let settings = config.pool_settings(&model)?;
+        for (model, targets) in resolved.workers {
+            let settings = resolved.pools[&model].clone();
             let policy = HealthPolicy::from(&settings);
             let members = Arc::new(Members::new(model.clone(), settings));
             let mut fixed = Vec::new();

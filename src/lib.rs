@@ -42,6 +42,8 @@
 //!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
+//! - [`workflow`]: the CapRL workflows as commands (`caprl-gateway caption`): OpenAI clients
+//!   of the gateway or of any OpenAI-compatible server, resumable, with progress.
 //! - `fake_worker` (feature `fake-worker`, on by default, off in the production images): a
 //!   vLLM-compatible fake worker for tests and benchmarks.
 
@@ -64,3 +66,4 @@ pub mod store;
 pub mod telemetry;
 pub mod validate;
 pub mod worker;
+pub mod workflow;

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Caption(args) => return run_command(caprl_gateway::workflow::caption::run(*args)),
+    };
     caprl_gateway::telemetry::init(args.server.log_format);
     tracing::info!(config = ?args, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -34,6 +37,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "caprl-gateway failed");
+            eprintln!("caprl-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A workflow command: logs to stderr (warnings by default), its own runtime, its exit code.
+fn run_command(command: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
+    caprl_gateway::telemetry::init_for_command();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime starts; this is a bug");
+    match runtime.block_on(command) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
             eprintln!("caprl-gateway: {e:#}");
             ExitCode::FAILURE
         }

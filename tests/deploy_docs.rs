@@ -9,7 +9,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use caprl_gateway::config::{self, Cli, Command};
+use caprl_gateway::config::{self, Cli};
 use caprl_gateway::metrics::Metrics;
 use caprl_gateway::state::AppState;
 use clap::CommandFactory;
@@ -244,7 +244,7 @@ async fn the_shipped_gateway_toml_is_accepted_and_every_key_takes_effect() {
         "http://127.0.0.1:9",
     ])
     .unwrap_or_else(|e| panic!("deploy/base/gateway.toml is refused: {e}"));
-    let Command::Serve(args) = cli.command;
+    let args = cli.command.into_serve().expect("serve");
 
     // Every key of the file is the value the settings hold.
     let file: toml::Table = toml::from_str(&read("deploy/base/gateway.toml")).expect("TOML");

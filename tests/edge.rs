@@ -3,7 +3,7 @@
 //! sees them. The app runs in-process on 127.0.0.1:0 through `serve::run`, in front of an
 //! in-process fake worker whose request counter proves that nothing refused reached it.
 
-use caprl_gateway::config::{self, Command};
+use caprl_gateway::config;
 use caprl_gateway::fake_worker::{Behaviour, FakeWorker};
 use caprl_gateway::state::AppState;
 use std::net::SocketAddr;
@@ -36,7 +36,11 @@ impl Setup {
             format!("http://{worker_addr}"),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
-        let Command::Serve(args) = config::try_parse_from(argv).expect("settings").command;
+        let args = config::try_parse_from(argv)
+            .expect("settings")
+            .command
+            .into_serve()
+            .expect("serve");
         let state = AppState::build(*args).expect("state builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use bytes::Bytes;
-use caprl_gateway::config::{self, Command};
+use caprl_gateway::config;
 use caprl_gateway::fake_worker::{Behaviour, FakeWorker};
 use caprl_gateway::state::AppState;
 use common::{data_url_as, image_bytes, solid_image};
@@ -180,7 +180,7 @@ impl Gateway {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let cli = config::try_parse_from(argv).expect("valid test settings");
-        let Command::Serve(args) = cli.command;
+        let args = cli.command.into_serve().expect("serve");
         let state = AppState::build(*args).expect("the state builds");
         Gateway {
             app: caprl_gateway::http::app(state.clone()),

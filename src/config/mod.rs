@@ -32,6 +32,19 @@ pub struct Cli {
 pub enum Command {
     /// Serve the OpenAI-compatible API in front of a pool of workers.
     Serve(Box<ServeArgs>),
+    /// Caption a directory, a JSON list or a JSONL manifest of images through an
+    /// OpenAI-compatible server (this gateway or vLLM): resumable, with progress.
+    Caption(Box<crate::workflow::caption::CaptionArgs>),
+}
+
+impl Command {
+    /// The serve settings, when this is `serve`.
+    pub fn into_serve(self) -> Option<Box<ServeArgs>> {
+        match self {
+            Command::Serve(args) => Some(args),
+            Command::Caption(_) => None,
+        }
+    }
 }
 
 /// A configuration problem, naming the field.
@@ -70,11 +83,13 @@ where
 fn cli_from_matches(matches: &ArgMatches) -> Result<Cli, ConfigError> {
     let mut cli =
         Cli::from_arg_matches(matches).map_err(|e| config_error("command line", e.to_string()))?;
-    let Command::Serve(args) = &mut cli.command;
+    let Command::Serve(args) = &mut cli.command else {
+        return Ok(cli);
+    };
     if let Some(path) = args.config.clone() {
         let serve_matches = matches
             .subcommand_matches("serve")
-            .expect("serve is the only subcommand; this is a bug");
+            .expect("these are the serve settings; this is a bug");
         let file = std::fs::read_to_string(&path)
             .map_err(|e| config_error("config", format!("cannot read {}: {e}", path.display())))?;
         let merged = merge_file(args, &file, serve_matches)

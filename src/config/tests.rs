@@ -4,7 +4,7 @@ fn serve(args: &[&str]) -> Result<ServeArgs, ConfigError> {
     let mut argv = vec!["caprl-gateway", "serve"];
     argv.extend_from_slice(args);
     try_parse_from(argv).map(|cli| {
-        let Command::Serve(a) = cli.command;
+        let a = cli.command.into_serve().expect("serve");
         *a
     })
 }

@@ -2,7 +2,7 @@
 //! the gateway in-process on an ephemeral port, and real image bytes.
 #![allow(dead_code)]
 
-use caprl_gateway::config::{self, Command, ServeArgs};
+use caprl_gateway::config::{self, ServeArgs};
 use caprl_gateway::pool::discovery::Resolver;
 use caprl_gateway::state::AppState;
 use std::io::{BufRead, BufReader, Cursor};
@@ -149,7 +149,7 @@ impl Gateway {
         ];
         argv.extend_from_slice(args);
         let cli = config::try_parse_from(argv).expect("valid test settings");
-        let Command::Serve(serve_args) = cli.command;
+        let serve_args = cli.command.into_serve().expect("serve");
         let serve_args: ServeArgs = *serve_args;
         let state = match resolver {
             Some(r) => AppState::build_with_resolver(serve_args, r),

@@ -1,0 +1,15 @@
+//! The CapRL workflows as commands: clients of the OpenAI API (the gateway, or any
+//! OpenAI-compatible server), resumable, with progress. They share no state with the server
+//! side of this crate; they only speak HTTP to it.
+//!
+//! - [`caption`]: caption a directory, a JSON list or a JSONL manifest of images.
+//! - [`source`]: the input, read as a stream, sharded for Kubernetes Indexed Jobs.
+//! - [`journal`]: a resumable JSONL output (what is done; a torn last line is cut).
+//! - [`client`]: one POST with retries and backoff, honouring `retry-after`.
+//! - [`progress`]: a bar on a terminal, plain lines otherwise.
+
+pub mod caption;
+pub mod client;
+pub mod journal;
+pub mod progress;
+pub mod source;

@@ -332,8 +332,6 @@ def test_directory_tree_through_the_gateway(cluster, tmp_path):
     assert w.requests() == len(images), w.stats()
     body = w.last_request()["body"]
     assert body["model"] == MODEL and body["n"] == 2 and body["max_tokens"] == 6, body
-    # Nothing else was written next to the output.
-    assert sorted(p.name for p in out.parent.iterdir()) == ["captions.errors.jsonl", "captions.jsonl"]
 
 
 def test_rerun_skips_done_images_and_redoes_a_torn_line(cluster, tmp_path):
@@ -451,8 +449,8 @@ def test_jsonl_manifest_and_json_list(cluster, tmp_path):
     w = cluster.worker()
     g = cluster.gateway([w])
     pool = tmp_path / "pool"
-    one = write(pool / "x" / "one.png", image_bytes("PNG", (40, 40), color=(9, 9, 9)))
-    two = write(pool / "two.jpg", image_bytes("JPEG", (40, 40), color=(200, 100, 0)))
+    write(pool / "x" / "one.png", image_bytes("PNG", (40, 40), color=(9, 9, 9)))
+    write(pool / "two.jpg", image_bytes("JPEG", (40, 40), color=(200, 100, 0)))
     far = write(tmp_path / "elsewhere" / "far.webp", image_bytes("WEBP", (40, 40), color=(0, 0, 255)))
 
     # A manifest away from the images: paths relative to --image-root, or absolute.
@@ -497,7 +495,6 @@ def test_jsonl_manifest_and_json_list(cluster, tmp_path):
     check_summary(r3, captioned=0, skipped=3, failed=0, truncated=0)
     assert w.requests() == 5
     assert len(r3.error_lines()) == 1
-    del one, two
 
 
 def test_shards_partition_the_input(cluster, tmp_path):
@@ -566,7 +563,9 @@ def test_sigkill_mid_run_then_rerun_exactly_once(cluster, tmp_path):
     assert out.read_bytes().startswith(complete), "complete lines from before the kill changed"
     check_summary(r, captioned=n_images - len(kept), skipped=len(kept), failed=0,
                   truncated=n_images - len(kept))
-    assert all(o["time"] >= t1 - 1 for k, o in lines.items() if k not in {x["image"] for x in kept})
+    kept_keys = {x["image"] for x in kept}
+    redone = [o for k, o in lines.items() if k not in kept_keys]
+    assert len(redone) == n_images - len(kept) and all(o["time"] >= t1 - 1 for o in redone)
     assert r.error_lines() == []
     stats = w.stats()
     print(f"sigkill: worker saw {stats['requests']} requests for {n_images} images")

@@ -1,5 +1,5 @@
 //! A fake worker that speaks vLLM's OpenAI API, for tests and load benchmarks: chat completions
-//! with `usage`, streamed chunks shaped as vLLM sends them (a role chunk, one chunk per token, a
+//! (and text completions, `/v1/completions`, with the same answers as `text`) with `usage`, streamed chunks shaped as vLLM sends them (a role chunk, one chunk per token, a
 //! finish chunk, the usage chunk when asked, `data: [DONE]`), 404 for unknown models,
 //! `/health`, `/v1/models`, and knobs for latency, tokens per second, failures and health,
 //! changeable at run time with `POST /control`. `GET /stats` tells a test what the worker saw:
@@ -105,6 +105,7 @@ impl FakeWorker {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
             .route("/v1/models", get(models))
             .route("/health", get(health))
             .route("/control", post(control))
@@ -277,6 +278,24 @@ async fn chat(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    answer(w, headers, body, false).await
+}
+
+/// `/v1/completions`: the same answers as text completions (`text` for `message`).
+async fn completions(
+    State(w): State<FakeWorker>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    answer(w, headers, body, true).await
+}
+
+async fn answer(
+    w: FakeWorker,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    text_completion: bool,
+) -> Response {
     let mut track = Track::new(&w);
     let b = w.behaviour();
     let Ok(mut req) = serde_json::from_slice::<Value>(&body) else {
@@ -340,9 +359,26 @@ async fn chat(
             .collect(),
         _ => vec![],
     };
-    let prompt_tokens = prompt_tokens(req.get_mut("messages"));
+    let prompt_tokens = if text_completion {
+        req.get("prompt").map_or(0, |p| match p {
+            Value::String(s) => s.len().div_ceil(4) as u64,
+            Value::Array(a) => a.len() as u64,
+            _ => 0,
+        })
+    } else {
+        prompt_tokens(req.get_mut("messages"))
+    };
     let tokens = generate(max_tokens, &stop);
-    let id = format!("chatcmpl-{:032x}", fastrand::u128(..));
+    let id = format!(
+        "{}-{:032x}",
+        if text_completion { "cmpl" } else { "chatcmpl" },
+        fastrand::u128(..)
+    );
+    let (object, chunk_object) = if text_completion {
+        ("text_completion", "text_completion")
+    } else {
+        ("chat.completion", "chat.completion.chunk")
+    };
     let created = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -350,18 +386,28 @@ async fn chat(
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
         let choices: Vec<Value> = (0..n)
-            .map(|i| json!({
-                "index": i,
-                "message": {"role": "assistant", "content": tokens.text, "refusal": null, "annotations": null, "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
-                "logprobs": null,
-                "finish_reason": tokens.finish_reason,
-                "stop_reason": tokens.stop_reason,
-            }))
+            .map(|i| if text_completion {
+                json!({
+                    "index": i,
+                    "text": tokens.text,
+                    "logprobs": null,
+                    "finish_reason": tokens.finish_reason,
+                    "stop_reason": tokens.stop_reason,
+                })
+            } else {
+                json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": tokens.text, "refusal": null, "annotations": null, "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
+                    "logprobs": null,
+                    "finish_reason": tokens.finish_reason,
+                    "stop_reason": tokens.stop_reason,
+                })
+            })
             .collect();
         let completion = tokens.pieces.len() as u64 * n;
         track.done();
         return Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "id": id, "object": object, "created": created, "model": model,
             "choices": choices, "service_tier": null, "system_fingerprint": null,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion, "completion_tokens": completion, "prompt_tokens_details": null},
             "prompt_logprobs": null, "kv_transfer_params": null,
@@ -374,7 +420,7 @@ async fn chat(
         .unwrap_or(false);
     let pace = (b.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / b.tokens_per_sec));
     let chunk = move |choices: Value, usage: Option<Value>| {
-        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
+        let mut c = json!({"id": id, "object": chunk_object, "created": created, "model": model, "choices": choices});
         if let Some(u) = usage {
             c["usage"] = u;
         }
@@ -382,7 +428,8 @@ async fn chat(
     };
     let body = async_stream(move |tx| async move {
         let send = |s: String| tx.send(Ok::<_, std::convert::Infallible>(s));
-        for i in 0..n {
+        // Chat streams open with a role chunk per choice; text completions do not.
+        for i in (0..n).filter(|_| !text_completion) {
             if send(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)).await.is_err() {
                 return;
             }
@@ -403,10 +450,12 @@ async fn chat(
                 } else {
                     Value::Null
                 };
-                let c = chunk(
-                    json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}]),
-                    None,
-                );
+                let choice = if text_completion {
+                    json!([{"index": i, "text": piece, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}])
+                } else {
+                    json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}])
+                };
+                let c = chunk(choice, None);
                 if send(c).await.is_err() {
                     return;
                 }

@@ -12,7 +12,9 @@ use crate::pool::{probe, HealthPolicy, Members, Worker};
 use crate::queue::QueueHandle;
 use crate::shutdown::Drain;
 use crate::store::{self, sqlite::Sqlite};
-use crate::validate::{validate_chat, ValidRequest, ValidateOptions};
+use crate::validate::{
+    validate_chat, validate_completion, Endpoint, ValidRequest, ValidateOptions,
+};
 use crate::worker::{self, Backend};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -192,22 +194,25 @@ impl AppState {
         Ok(state)
     }
 
-    /// Check a chat request body as `/v1/chat/completions` does (the batch runner checks each
-    /// line with it too): a [`ValidRequest`] or the error to answer.
-    pub fn validate_chat(&self, body: bytes::Bytes) -> Result<ValidRequest, GatewayError> {
-        validate_chat(
-            body,
-            &ValidateOptions {
-                limits: &self.config.limits,
-                is_served: &|m| self.pools.contains_key(m),
-                keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
-                image_rejected: &|format| self.metrics.image_rejected(format),
-                read_file: &|id| self.read_image_file(id),
-                reported_max_model_len: &|m| {
-                    self.pools.get(m).and_then(|p| p.members.max_model_len())
-                },
-            },
-        )
+    /// Check a request body as its endpoint does (the batch runner checks each line with it
+    /// too): a [`ValidRequest`] or the error to answer.
+    pub fn validate(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+    ) -> Result<ValidRequest, GatewayError> {
+        let opts = ValidateOptions {
+            limits: &self.config.limits,
+            is_served: &|m| self.pools.contains_key(m),
+            keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
+            image_rejected: &|format| self.metrics.image_rejected(format),
+            read_file: &|id| self.read_image_file(id),
+            reported_max_model_len: &|m| self.pools.get(m).and_then(|p| p.members.max_model_len()),
+        };
+        match endpoint {
+            Endpoint::Chat => validate_chat(body, &opts),
+            Endpoint::Completions => validate_completion(body, &opts),
+        }
     }
 
     /// The bytes of an image uploaded with purpose `vision`, for a request that names it by

@@ -1331,3 +1331,85 @@ async fn max_tokens_is_bounded_by_the_context_the_worker_reports() {
     assert_eq!(g.chat(&hi(1000)).await.status, StatusCode::OK);
     assert_eq!(g.chat(&hi(2000)).await.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn text_completions_go_through_the_same_validation_queue_and_relay() {
+    let w = Worker::start(&["caprl"]).await;
+    let g = Gateway::ready(std::slice::from_ref(&w.url), &[]).await;
+    let post = |body: Value| {
+        let bytes = serde_json::to_vec(&body).expect("JSON");
+        g.post_bytes("/v1/completions", bytes, &[])
+    };
+    let ok = post(
+        json!({"model": "caprl", "prompt": "<|im_start|>user\nhi<|im_end|>", "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let v = ok.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "caprl");
+    assert!(
+        v["choices"][0]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        w.last_request()["body"]["prompt"],
+        "<|im_start|>user\nhi<|im_end|>"
+    );
+
+    // Streamed: text chunks, the usage chunk hidden (the gateway asked for it), then [DONE].
+    let streamed =
+        post(json!({"model": "caprl", "prompt": ["a", "b"], "max_tokens": 3, "stream": true}))
+            .await;
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.text());
+    let events = streamed.sse_payloads();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"] == "text_completion" && e.get("usage").is_none()),
+        "{events:?}"
+    );
+    assert_eq!(
+        w.last_request()["body"]["stream_options"]["include_usage"],
+        true,
+        "the gateway asks for usage to count tokens"
+    );
+
+    let seen = w.requests();
+    let refused = [
+        (json!({"model": "caprl", "max_tokens": 5}), Some("prompt")),
+        (json!({"model": "caprl", "prompt": ""}), Some("prompt")),
+        (json!({"model": "caprl", "prompt": []}), Some("prompt")),
+        (
+            json!({"model": "caprl", "prompt": {"text": "hi"}}),
+            Some("prompt"),
+        ),
+        (
+            json!({"model": "caprl", "prompt": "hi", "max_tokens": 0}),
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": "caprl", "prompt": "hi", "n": 129}),
+            Some("n"),
+        ),
+    ];
+    for (body, param) in refused {
+        let r = post(body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        r.check_envelope(param, "invalid_request", "invalid_request_error");
+    }
+    let unknown = post(json!({"model": "nope", "prompt": "hi"})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    unknown.check_envelope(Some("model"), "model_not_found", "invalid_request_error");
+    let big = br#"{"model":"caprl","prompt":"hi","seed":123456789012345678901234567890}"#;
+    let big = g.post_bytes("/v1/completions", big.to_vec(), &[]).await;
+    assert_eq!(big.status, StatusCode::BAD_REQUEST, "{}", big.text());
+    big.check_envelope(Some("seed"), "invalid_request", "invalid_request_error");
+    let array = g.post_bytes("/v1/completions", b"[1]".to_vec(), &[]).await;
+    assert_eq!(array.status, StatusCode::BAD_REQUEST, "{}", array.text());
+    assert_eq!(w.requests(), seen, "nothing refused reached the worker");
+}

@@ -46,7 +46,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// Read one known field's value into its slot; a second occurrence is an error (a body with
 /// the key twice would mean one thing here and, to a worker that keeps the last, another).
-fn fill<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+pub(crate) fn fill<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
     map: &mut A,
     slot: &mut Option<Option<T>>,
     name: &'static str,
@@ -60,7 +60,7 @@ fn fill<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
 
 /// Walk an object's entries: `known` reads the fields it names and answers `true`; every
 /// other field is kept raw in the returned list.
-fn entries<'de, A, F>(mut map: A, mut known: F) -> Result<Vec<Extra<'de>>, A::Error>
+pub(crate) fn entries<'de, A, F>(mut map: A, mut known: F) -> Result<Vec<Extra<'de>>, A::Error>
 where
     A: MapAccess<'de>,
     F: FnMut(&str, &mut A) -> Result<bool, A::Error>,
@@ -98,6 +98,7 @@ macro_rules! object_view {
         }
     };
 }
+pub(crate) use object_view;
 
 /// A chat completion request, as far as the gateway interprets it.
 #[derive(Debug, Default)]

@@ -2,4 +2,5 @@
 //! everything else stays in the client's bytes and is forwarded untouched.
 
 pub mod chat;
+pub mod completions;
 pub mod models;

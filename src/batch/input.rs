@@ -49,6 +49,7 @@ struct BodyView<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
     messages: Option<serde::de::IgnoredAny>,
+    prompt: Option<serde::de::IgnoredAny>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
 }
@@ -228,7 +229,7 @@ fn check(
         return Err((
             "streaming_unsupported",
             Some("body.stream"),
-            "Chat Completions streaming is not supported in a batch.".into(),
+            "Streaming is not supported in a batch.".into(),
         ));
     }
     let Some(name) = body.model.and_then(string) else {
@@ -238,11 +239,19 @@ fn check(
             "The request body must name a model.".into(),
         ));
     };
-    if body.messages.is_none() {
+    let chat = endpoint == "/v1/chat/completions";
+    if chat && body.messages.is_none() {
         return Err((
             "invalid_request",
             Some("body.messages"),
             "The request body must have messages.".into(),
+        ));
+    }
+    if !chat && body.prompt.is_none() {
+        return Err((
+            "invalid_request",
+            Some("body.prompt"),
+            "The request body must have a prompt.".into(),
         ));
     }
     if !is_served(&name) {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The endpoints a batch may target.
-pub const ENDPOINTS: [&str; 1] = ["/v1/chat/completions"];
+pub const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 /// The only completion window there is (how long it lasts is `--batch-window-secs`).
 pub const COMPLETION_WINDOW: &str = "24h";
 const MAX_METADATA_PAIRS: usize = 16;

@@ -21,6 +21,7 @@ use crate::error::GatewayError;
 use crate::files::{Files, OUTPUT_PURPOSE};
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Commit, FileRow, LineOutcome, LineRow, Status, Usage};
+use crate::validate::Endpoint;
 use crate::worker::UpstreamBody;
 use bytes::Bytes;
 use serde::Serialize;
@@ -257,6 +258,7 @@ async fn run_lines(
                 halt: halt.clone(),
                 expires,
                 batch_id: b.id.clone(),
+                endpoint: Endpoint::from_path(&b.endpoint).unwrap_or(Endpoint::Chat),
             };
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -316,6 +318,7 @@ struct LineTask {
     halt: CancellationToken,
     expires: Instant,
     batch_id: String,
+    endpoint: Endpoint,
 }
 
 #[derive(serde::Deserialize)]
@@ -350,7 +353,7 @@ impl LineTask {
             }
         };
         drop(bytes);
-        let mut req = match self.state.validate_chat(body) {
+        let mut req = match self.state.validate(self.endpoint, body) {
             Ok(req) => req,
             Err(err) => return Some(failed(&line, &request_id, &err)),
         };

@@ -1,4 +1,4 @@
-//! `POST /v1/chat/completions`: validate, hand the request to the driver
+//! `POST /v1/chat/completions` and `POST /v1/completions`: validate, hand the request to the driver
 //! ([`crate::dispatch::send_with_failover`]: queue, worker, failover), and relay the answer.
 //! The handler owns what is HTTP about the request: its id, its log record, the drain guard.
 
@@ -9,15 +9,35 @@ use super::relay::{self, Guards};
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::validate::Endpoint;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use tokio::time::Instant;
 
+/// `POST /v1/chat/completions`.
+pub async fn chat(
+    State(state): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    body: Result<RawBody, GatewayError>,
+) -> Response {
+    handle(state, id, body, Endpoint::Chat).await
+}
+
+/// `POST /v1/completions`: text prompts, through the same validation, queue and workers.
 pub async fn completions(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
     body: Result<RawBody, GatewayError>,
+) -> Response {
+    handle(state, id, body, Endpoint::Completions).await
+}
+
+async fn handle(
+    state: AppState,
+    id: RequestId,
+    body: Result<RawBody, GatewayError>,
+    endpoint: Endpoint,
 ) -> Response {
     let started = Instant::now();
     let Some(in_flight) = state.drain.enter() else {
@@ -28,7 +48,7 @@ pub async fn completions(
     let mut model_hint = String::new();
     let req = match body.and_then(|RawBody(bytes)| {
         state
-            .validate_chat(bytes.clone())
+            .validate(endpoint, bytes.clone())
             .inspect_err(|_| model_hint = served_model(&state, &bytes))
     }) {
         Ok(req) => req,

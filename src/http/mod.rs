@@ -27,7 +27,8 @@ pub fn app(state: AppState) -> Router {
     let file_limit = usize::try_from(edge::upload_limit(state.config.batch.max_file_bytes))
         .unwrap_or(usize::MAX);
     let v1 = Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(chat::chat))
+        .route("/v1/completions", post(chat::completions))
         .route("/v1/models", get(ops::models))
         .route(
             "/v1/files",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 fn request(priority: i64) -> ValidRequest {
     ValidRequest {
+        endpoint: crate::validate::Endpoint::Chat,
         model: "caprl".into(),
         body: Bytes::from_static(b"{}"),
         stream: false,

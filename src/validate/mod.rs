@@ -10,6 +10,7 @@ pub mod json;
 mod rewrite;
 
 use crate::api::chat::{ChatRequestView, Content, MessageView, PartView, ROLES};
+use crate::api::completions::CompletionRequestView;
 use crate::config::LimitArgs;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -37,9 +38,34 @@ mod depth {
     pub const IMAGE_URL: usize = 6;
 }
 
+/// Which OpenAI endpoint a request is for: the worker gets it on the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`: messages, images.
+    Chat,
+    /// `/v1/completions`: a raw text prompt (or token ids).
+    Completions,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        [Endpoint::Chat, Endpoint::Completions]
+            .into_iter()
+            .find(|e| e.path() == path)
+    }
+}
+
 /// A request that passed every check: the only thing the queue accepts.
 #[derive(Debug)]
 pub struct ValidRequest {
+    pub endpoint: Endpoint,
     /// The model name the client asked for, which selects the pool.
     pub model: String,
     /// The body to send a worker: the client's bytes, unless the gateway had to change them.
@@ -230,6 +256,7 @@ pub fn validate_chat(
     };
 
     Ok(ValidRequest {
+        endpoint: Endpoint::Chat,
         model,
         body,
         stream,
@@ -242,6 +269,155 @@ pub fn validate_chat(
         priority,
         bulk: false,
     })
+}
+
+/// Check a completion body (`/v1/completions`): the model, a non-empty prompt (a string, an
+/// array of strings, token ids, or arrays of token ids), `n`, `max_tokens` against the
+/// context, and the unknown fields' depth and integers, as for chat. No images.
+pub fn validate_completion(
+    body: Bytes,
+    opts: &ValidateOptions<'_>,
+) -> Result<ValidRequest, GatewayError> {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let view: CompletionRequestView<'_> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = path.trim_end_matches(".?").to_string();
+            let param = (path != "." && path != "?").then_some(path);
+            GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
+        })?;
+    de.end()
+        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}"), None))?;
+    let model = match view.model.as_deref() {
+        None | Some("") => {
+            return Err(GatewayError::invalid(
+                "`model` is required",
+                Some("model".into()),
+            ))
+        }
+        Some(m) => m.to_string(),
+    };
+    if !(opts.is_served)(&model) {
+        return Err(GatewayError::ModelNotFound(model));
+    }
+    let prompt = view
+        .prompt
+        .ok_or_else(|| GatewayError::invalid("`prompt` is required", Some("prompt".into())))?;
+    let (prompts, prompt_tokens) = measure_prompt(prompt)?;
+    let n = view.n.unwrap_or(1);
+    if n == 0 || n > MAX_N {
+        return Err(GatewayError::invalid(
+            format!("`n` must be from 1 to {MAX_N}"),
+            Some("n".into()),
+        ));
+    }
+    let context = opts.max_model_len(&model);
+    match view.max_tokens {
+        Some(0) => {
+            return Err(GatewayError::invalid(
+                "`max_tokens` must be at least 1",
+                Some("max_tokens".into()),
+            ))
+        }
+        Some(t) if t > context => {
+            return Err(GatewayError::invalid(
+                format!("`max_tokens` is {t}; the model's context is {context} tokens"),
+                Some("max_tokens".into()),
+            ))
+        }
+        _ => {}
+    }
+    let max_depth = opts.limits.max_json_depth;
+    json::check_extras(&view.extra, depth::BODY, max_depth, &String::new)?;
+    if let Some(options) = &view.stream_options {
+        json::check_extras(&options.extra, depth::STREAM_OPTIONS, max_depth, &|| {
+            "stream_options.".into()
+        })?;
+    }
+    let stream = view.stream.unwrap_or(false);
+    let client_wants_usage = view
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    // OpenAI's (and vLLM's) default for completions.
+    let max_tokens = view.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS);
+    let priority = view.priority.unwrap_or(0);
+    let strip_priority = view.priority.is_some();
+    let add_usage = stream && !client_wants_usage;
+    let has_stream_options = view.stream_options.is_some();
+    drop(view);
+    let body = match (strip_priority, add_usage) {
+        (false, false) => body,
+        (false, true) if !has_stream_options => match rewrite::prepend_usage(&body) {
+            Some(b) => b,
+            None => rewrite::rewrite_body(&body, false, true)?,
+        },
+        _ => rewrite::rewrite_body(&body, strip_priority, add_usage)?,
+    };
+    Ok(ValidRequest {
+        endpoint: Endpoint::Completions,
+        model,
+        body,
+        stream,
+        client_wants_usage,
+        images: Vec::new(),
+        remote_images: 0,
+        prompt_tokens,
+        image_tokens: 0,
+        max_output_tokens: max_tokens
+            .saturating_mul(u64::from(n))
+            .saturating_mul(prompts),
+        priority,
+        bulk: false,
+    })
+}
+
+/// `max_tokens` of a completion that names none: OpenAI's and vLLM's default.
+pub const COMPLETION_DEFAULT_MAX_TOKENS: u64 = 16;
+
+/// How many prompts a completion's `prompt` holds and their estimated tokens together.
+fn measure_prompt(raw: &serde_json::value::RawValue) -> Result<(u64, u64), GatewayError> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        Text(String),
+        Tokens(Vec<u32>),
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Prompt {
+        One(One),
+        Many(Vec<One>),
+    }
+    let bad = || {
+        GatewayError::invalid(
+            "`prompt` must be a string, an array of strings, an array of token ids, or an \
+             array of arrays of token ids",
+            Some("prompt".into()),
+        )
+    };
+    let prompt: Prompt = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+    let tokens = |one: &One| match one {
+        One::Text(t) => (t.len() as u64).div_ceil(BYTES_PER_TOKEN),
+        One::Tokens(ids) => ids.len() as u64,
+    };
+    let empty = |one: &One| match one {
+        One::Text(t) => t.is_empty(),
+        One::Tokens(ids) => ids.is_empty(),
+    };
+    let list = match prompt {
+        Prompt::One(one) => vec![one],
+        Prompt::Many(many) => many,
+    };
+    if list.is_empty() || list.iter().any(empty) {
+        return Err(GatewayError::invalid(
+            "`prompt` must not be empty",
+            Some("prompt".into()),
+        ));
+    }
+    Ok((list.len() as u64, list.iter().map(tokens).sum()))
 }
 
 #[derive(Default)]

@@ -55,7 +55,7 @@ pub async fn send(
     limits: SendLimits,
 ) -> Result<Upstream, SendError> {
     let fut = client
-        .post(format!("{base}/v1/chat/completions"))
+        .post(format!("{base}{}", req.endpoint.path()))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("x-request-id", request_id)
         .body(req.body.clone())

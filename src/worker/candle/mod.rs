@@ -13,7 +13,7 @@ mod wire;
 use super::{Fault, SendError, Upstream, UpstreamBody};
 use crate::config::{EngineArgs, EngineDtype};
 use crate::error::GatewayError;
-use crate::validate::ValidRequest;
+use crate::validate::{Endpoint, ValidRequest};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use caprl_engine::{Dtype, Engine, EngineOptions, GenerateRequest, SubmitError};
@@ -52,6 +52,15 @@ impl CandleWorker {
     /// Start one request; the answer streams as the engine produces it. A request the engine
     /// refuses is the client's error, returned as such (never as a fake worker answer).
     pub fn send(&self, req: &ValidRequest, request_id: &str) -> Result<Upstream, SendError> {
+        if req.endpoint != Endpoint::Chat {
+            return Err(SendError::client(GatewayError::invalid(
+                format!(
+                    "the in-process engine serves /v1/chat/completions only, not {}",
+                    req.endpoint.path()
+                ),
+                None,
+            )));
+        }
         let p = params::parse(&req.body).map_err(SendError::client)?;
         if req.remote_images > 0 {
             return Err(SendError::client(GatewayError::invalid(

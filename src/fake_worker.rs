@@ -52,6 +52,115 @@ pub struct Behaviour {
     /// The context `/v1/models` reports (`max_model_len`, as vLLM does); 0 reports none.
     #[arg(long, default_value_t = 32768)]
     pub max_model_len: u64,
+    /// Answer in a workflow's formats instead of the fixed caption: `qa` writes QA blocks to a
+    /// question-generation request and answers the letter of [`QA_SCRIPT`]'s rule to an
+    /// answering one (see [`scripted`]). Empty: the fixed caption.
+    #[arg(long, default_value = "")]
+    pub script: String,
+}
+
+/// The questions the `qa` script writes, and how it answers each: the question, its options
+/// (the gold one first), and whether it answers right with the image / without it. One more
+/// block is malformed on purpose (its options are labelled A, C).
+pub const QA_SCRIPT: [(&str, [&str; 4], bool, bool); 4] = [
+    (
+        "What colour is the kite?",
+        ["Red", "Blue", "Green", "Yellow"],
+        true,
+        false,
+    ),
+    (
+        "How many people are watching?",
+        ["Two", "One", "Three", "Four"],
+        true,
+        false,
+    ),
+    (
+        "What colour is the sky on a clear day?",
+        ["Blue", "Purple", "Orange", "Black"],
+        true,
+        true,
+    ),
+    (
+        "What is the kite's string made of?",
+        ["Nylon", "Wire", "Rope", "Silk"],
+        false,
+        false,
+    ),
+];
+
+/// The `qa` script's answer to a request, when it is one of its kinds.
+fn scripted(script: &str, req: &Value) -> Option<String> {
+    if script != "qa" {
+        return None;
+    }
+    let messages = req.get("messages")?.as_array()?;
+    let system = messages
+        .iter()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .and_then(|m| m.get("content")?.as_str())
+        .unwrap_or_default();
+    if system.contains("multiple-choice questions") {
+        let mut text = String::new();
+        // The gold option is listed second, so the extraction must follow the answer line.
+        for (i, (q, options, _, _)) in QA_SCRIPT.iter().enumerate() {
+            let order = [1, 0, 2, 3];
+            text.push_str(&format!("#### {}. **{q}**\n", i + 1));
+            for (k, &o) in order.iter().enumerate() {
+                text.push_str(&format!(
+                    "   - {}) {}\n",
+                    (b'A' + k as u8) as char,
+                    options[o]
+                ));
+            }
+            text.push_str(&format!("\n**Answer:** B) {}\n------\n", options[0]));
+        }
+        text.push_str("#### 5. **A broken question?**\n   - A) yes\n   - C) no\n\n**Answer:** A) yes\n------\n");
+        return Some(text);
+    }
+    let user = messages.last()?;
+    let (prompt, with_image) = match user.get("content")? {
+        Value::String(s) => (s.clone(), false),
+        Value::Array(parts) => (
+            parts
+                .iter()
+                .filter_map(|p| p.get("text")?.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            parts.iter().any(|p| p.get("image_url").is_some()),
+        ),
+        _ => return None,
+    };
+    let question = prompt.lines().next()?;
+    let (_, options, right_with, right_without) =
+        QA_SCRIPT.iter().find(|(q, ..)| *q == question)?;
+    let right = if with_image {
+        *right_with
+    } else {
+        *right_without
+    };
+    // The options as the prompt lists them: `X) text` lines.
+    let listed: Vec<(char, String)> = prompt
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut c = l.chars();
+            let letter = c.next()?;
+            (c.next()? == ')').then(|| {
+                (
+                    letter,
+                    c.as_str()
+                        .trim()
+                        .trim_end_matches(". Answer the question with only the correct letter")
+                        .to_string(),
+                )
+            })
+        })
+        .collect();
+    let pick = listed
+        .iter()
+        .find(|(_, text)| (text == options[0]) == right && text != "None of the above")?;
+    Some(pick.0.to_string())
 }
 
 impl Default for Behaviour {
@@ -65,6 +174,7 @@ impl Default for Behaviour {
             default_max_tokens: 16,
             fail_remote_images: false,
             max_model_len: 32768,
+            script: String::new(),
         }
     }
 }
@@ -368,7 +478,15 @@ async fn answer(
     } else {
         prompt_tokens(req.get_mut("messages"))
     };
-    let tokens = generate(max_tokens, &stop);
+    let tokens = match scripted(&b.script, &req) {
+        Some(text) => Generated {
+            pieces: vec![text.clone()],
+            text,
+            finish_reason: "stop",
+            stop_reason: Value::Null,
+        },
+        None => generate(max_tokens, &stop),
+    };
     let id = format!(
         "{}-{:032x}",
         if text_completion { "cmpl" } else { "chatcmpl" },

@@ -35,6 +35,9 @@ pub enum Command {
     /// Caption a directory, a JSON list or a JSONL manifest of images through an
     /// OpenAI-compatible server (this gateway or vLLM): resumable, with progress.
     Caption(Box<crate::workflow::caption::CaptionArgs>),
+    /// Curate QA data as CapRL does: generate questions, extract them, answer them with and
+    /// without the image, keep those that need it.
+    Qa(Box<crate::workflow::qa::QaArgs>),
 }
 
 impl Command {
@@ -42,7 +45,7 @@ impl Command {
     pub fn into_serve(self) -> Option<Box<ServeArgs>> {
         match self {
             Command::Serve(args) => Some(args),
-            Command::Caption(_) => None,
+            Command::Caption(_) | Command::Qa(_) => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! side of this crate; they only speak HTTP to it.
 //!
 //! - [`caption`]: caption a directory, a JSON list or a JSONL manifest of images.
+//! - [`qa`]: CapRL's QA curation in four steps (generate, extract, answer, filter).
 //! - [`source`]: the input, read as a stream, sharded for Kubernetes Indexed Jobs.
 //! - [`journal`]: a resumable JSONL output (what is done; a torn last line is cut).
 //! - [`client`]: one POST with retries and backoff, honouring `retry-after`.
@@ -12,4 +13,5 @@ pub mod caption;
 pub mod client;
 pub mod journal;
 pub mod progress;
+pub mod qa;
 pub mod source;

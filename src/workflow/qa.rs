@@ -728,6 +728,7 @@ async fn answer_one(a: &AnswerArgs, client: &Client, t: &Task) -> Result<Value, 
     }
     let n = f64::from(a.rotate_num);
     Ok(json!({
+        "key": format!("{}#{}", t.image, t.index),
         "image": t.image,
         "index": t.index,
         "question": t.question,

@@ -29,6 +29,10 @@ quick() {
 e2e() {
     step "end-to-end: openai client and curl"
     command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+    # The Prism report is checked in a real headless browser (tests/e2e/test_prism.py).
+    command -v chromium >/dev/null || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    }
     cargo build --bins
     if [ ! -x .venv-e2e/bin/python ]; then python3 -m venv .venv-e2e; fi
     .venv-e2e/bin/pip install -q -r tests/e2e/requirements.txt

@@ -54,7 +54,8 @@ pub struct Behaviour {
     pub max_model_len: u64,
     /// Answer in a workflow's formats instead of the fixed caption: `qa` writes QA blocks to a
     /// question-generation request and answers the letter of [`QA_SCRIPT`]'s rule to an
-    /// answering one (see [`scripted`]). Empty: the fixed caption.
+    /// answering one; `prism` captions and boxed answers (see `scripted_prism`). Empty: the
+    /// fixed caption.
     #[arg(long, default_value = "")]
     pub script: String,
 }
@@ -89,11 +90,51 @@ pub const QA_SCRIPT: [(&str, [&str; 4], bool, bool); 4] = [
     ),
 ];
 
-/// The `qa` script's answer to a request, when it is one of its kinds.
-fn scripted(script: &str, req: &Value) -> Option<String> {
-    if script != "qa" {
-        return None;
+/// A script's answers to a request (one per choice), when it is one of its kinds.
+fn scripted(script: &str, req: &Value, n: u64) -> Option<Vec<String>> {
+    match script {
+        "qa" => scripted_qa(req).map(|t| vec![t; n as usize]),
+        "prism" => scripted_prism(req, n),
+        _ => None,
     }
+}
+
+/// The `prism` script. A caption request (`Please describe this image in detail`) gets the
+/// captions `caption 0` … `caption n-1`. A completion whose prompt holds `[[X]]` and a caption
+/// `caption K` gets `<think>…</think> <answer>… \boxed{X}</answer>` for an even K, and an answer
+/// without a box for an odd one (a parse failure): so each sample's mean is half its best.
+fn scripted_prism(req: &Value, n: u64) -> Option<Vec<String>> {
+    if let Some(prompt) = req.get("prompt").and_then(Value::as_str) {
+        let x = prompt.split("[[").nth(1)?.split("]]").next()?;
+        let k: u64 = prompt
+            .split("of an image: caption ")
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        let text = if k % 2 == 0 {
+            format!("<think>The caption says so.</think> <answer>The answer is \\boxed{{{x}}}.</answer>")
+        } else {
+            "<think>The caption does not say.</think> <answer>I cannot tell.</answer>".to_string()
+        };
+        return Some(vec![text; n as usize]);
+    }
+    let asks_caption = req.get("messages")?.as_array()?.iter().any(|m| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|parts| {
+                parts.iter().any(|p| {
+                    p.get("text").and_then(Value::as_str)
+                        == Some("Please describe this image in detail")
+                })
+            })
+    });
+    asks_caption.then(|| (0..n).map(|i| format!("caption {i}")).collect())
+}
+
+/// The `qa` script's answer to a request, when it is one of its kinds.
+fn scripted_qa(req: &Value) -> Option<String> {
     let messages = req.get("messages")?.as_array()?;
     let system = messages
         .iter()
@@ -478,14 +519,22 @@ async fn answer(
     } else {
         prompt_tokens(req.get_mut("messages"))
     };
-    let tokens = match scripted(&b.script, &req) {
-        Some(text) => Generated {
-            pieces: vec![text.clone()],
-            text,
+    // A script answers each choice on its own; otherwise every choice is the fixed caption.
+    let script = scripted(&b.script, &req, n);
+    let tokens = match &script {
+        Some(texts) => Generated {
+            pieces: vec![texts[0].clone()],
+            text: texts[0].clone(),
             finish_reason: "stop",
             stop_reason: Value::Null,
         },
         None => generate(max_tokens, &stop),
+    };
+    let choice_text = |i: u64| -> String {
+        script
+            .as_ref()
+            .and_then(|t| t.get(i as usize).cloned())
+            .unwrap_or_else(|| tokens.text.clone())
     };
     let id = format!(
         "{}-{:032x}",
@@ -507,7 +556,7 @@ async fn answer(
             .map(|i| if text_completion {
                 json!({
                     "index": i,
-                    "text": tokens.text,
+                    "text": choice_text(i),
                     "logprobs": null,
                     "finish_reason": tokens.finish_reason,
                     "stop_reason": tokens.stop_reason,
@@ -515,7 +564,7 @@ async fn answer(
             } else {
                 json!({
                     "index": i,
-                    "message": {"role": "assistant", "content": tokens.text, "refusal": null, "annotations": null, "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
+                    "message": {"role": "assistant", "content": choice_text(i), "refusal": null, "annotations": null, "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
                     "logprobs": null,
                     "finish_reason": tokens.finish_reason,
                     "stop_reason": tokens.stop_reason,

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args,
         Command::Caption(args) => return run_command(caprl_gateway::workflow::caption::run(*args)),
         Command::Qa(cmd) => return run_command(caprl_gateway::workflow::qa::run(*cmd)),
+        Command::Eval(cmd) => return run_command(caprl_gateway::workflow::prism::run(*cmd)),
     };
     caprl_gateway::telemetry::init(args.server.log_format);
     tracing::info!(config = ?args, "starting");

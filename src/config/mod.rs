@@ -38,6 +38,8 @@ pub enum Command {
     /// Curate QA data as CapRL does: generate questions, extract them, answer them with and
     /// without the image, keep those that need it.
     Qa(Box<crate::workflow::qa::QaArgs>),
+    /// Evaluate captions: `eval prism` answers benchmark questions from the captions alone.
+    Eval(Box<crate::workflow::prism::EvalArgs>),
 }
 
 impl Command {
@@ -45,7 +47,7 @@ impl Command {
     pub fn into_serve(self) -> Option<Box<ServeArgs>> {
         match self {
             Command::Serve(args) => Some(args),
-            Command::Caption(_) | Command::Qa(_) => None,
+            Command::Caption(_) | Command::Qa(_) | Command::Eval(_) => None,
         }
     }
 }

@@ -19,11 +19,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Idle connections kept per worker: enough for a busy vLLM at the gateway's in-flight caps,
-/// so a burst does not open (and then close) hundreds of new connections.
+/// so a burst does not open (and then close) hundreds of new connections. Not lower: a cap
+/// under the concurrency one worker sees closes connections that the next request reopens (at
+/// 256 client connections, a cap of 64 made the gateway open ~21,000 upstream connections in
+/// 6 s instead of 256, for ~30 % fewer requests/s). `IDLE_TIMEOUT` bounds them instead.
 const MAX_IDLE_PER_WORKER: usize = 1024;
-/// An idle connection is closed after this long; vLLM's uvicorn keeps them for 5 s by default,
-/// and a connection it closed is detected and replaced by the pool.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection is closed after this long. Shorter than vLLM's uvicorn keep-alive (5 s
+/// by default, which closes them anyway), so the gateway does not pick a connection that the
+/// worker is closing at that moment. The pool sweeps once per timeout, so the connections a
+/// burst leaves idle are gone within twice this: 15 s after a burst of 1,400 connections, RSS
+/// was 16.4-16.8 MiB with no upstream fds left, against 19.1-20.2 MiB and ~135 idle upstream
+/// connections with the 60 s it was (docs/BENCHMARKS.md, "Memory after connection bursts").
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest wait for an error body (its message is all the gateway keeps of it).
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes of an error body read: an error message is small; anything past this is noise.

@@ -1,18 +1,30 @@
 //! Prism's answer scorer: did the evaluation model's answer match the benchmark's gold?
 //!
 //! The answer is the content of the last `\boxed{…}` inside `<answer>…</answer>` after
-//! `</think>` (CapRL's pattern, greedy inside the box), else nothing (a parse failure, which
-//! scores 0). It is compared with the gold as math-verify compares them most often:
-//! - numbers (integers, decimals, thousands separators, percentages, `\frac`, simple
-//!   `\sqrt` and `\pi` forms, units and degree signs dropped) equal within a relative 1e-6;
-//! - a percentage also equals its fraction (`45%` and `0.45`), as math-verify's does;
-//! - multiple-choice letters (`C`, `(C)`, `C) text`, `\text{C}`);
-//! - otherwise the normalised text (case, spaces, `\text{}` and `$` dropped).
+//! `</think>`, by CapRL's own pattern (greedy inside the box). Without one, the answer is a
+//! parse failure and scores 0. It is compared with the gold as math-verify (which CapRL uses)
+//! compares them, as far as its behaviour shows on realistic answers:
+//! - Numbers: integers exactly; decimals, fractions and expressions (`\frac`, `\sqrt`, `\pi`,
+//!   `e`, powers, `a:b`) after rounding both to six decimals, as math-verify does.
+//!   - Thousands separators (`1,234`, `1{,}234`) are read.
+//!   - Units after the number are dropped (`cm`, `\text{ million}`), and so is `^\circ`. The
+//!     sign `°` is not dropped.
+//!   - `1e3` is not 1000: math-verify reads it as 1·e·3.
+//! - Percentages: an integer percentage equals both its number and its fraction
+//!   (`45% = 45 = 0.45`); a decimal one only its fraction.
+//! - Equations and groups: `x = 3` equals `3`, but a gold `x = 3` refuses `y = 3`. Sets and
+//!   open intervals compare unordered (`(1,2) = \{2,1\}`), closed intervals and inequalities in
+//!   order.
+//! - Multiple choice: the letter alone (`C`, `(C)`, `\text{C}`, `c`). `C) text` does not match.
+//! - Words: plain words compare as math-verify's products of symbols, ignoring case (except
+//!   `E`), order and spaces. Other text compares exactly.
 //!
-//! A gold that is neither a number nor anything comparable (empty) counts 1, as in CapRL.
-//! Chart benchmarks also accept relaxed accuracy (within 5 %, the prediction also tried ×0.01
-//! and ×100), and InfoVQA also ANLS ≥ 0.5; the score is the best of the ways. Its agreement
-//! with the Python `math-verify` package is measured on `tests/fixtures/prism/`.
+//! A gold that math-verify finds nothing in (empty) counts 1, as in CapRL. Chart benchmarks also
+//! accept relaxed accuracy (within 5 %, the prediction also tried ×0.01 and ×100). InfoVQA also
+//! accepts ANLS ≥ 0.5. The score is the best of the ways.
+//!
+//! Agreement with the Python `math-verify` package on 1,311 reference cases
+//! (`tests/fixtures/prism/`, `tests/prism_scorer.rs`): 99.24 %.
 
 use regex::Regex;
 use std::sync::OnceLock;
@@ -70,26 +82,32 @@ pub fn extract_answer(content: &str) -> Option<String> {
 /// Score one answer text against the gold: 0.0 to 1.0.
 pub fn score(kind: Kind, content: &str, gold: &str) -> f64 {
     let gold = gold.trim();
-    let Some(gold_value) = Value::parse(gold) else {
+    if unparseable(gold) {
         // CapRL: a gold that math-verify cannot parse counts 1.
         return 1.0;
-    };
+    }
     let Some(answer) = extract_answer(content) else {
         return 0.0;
     };
-    let answer_value = Value::parse(&answer);
-    let mut best: f64 = match &answer_value {
-        Some(a) if a.equals(&gold_value) => 1.0,
-        _ => 0.0,
+    let answer = unbox(&answer);
+    let pred = Expr::parse(&answer);
+    let mut best: f64 = if pred.equals(&Expr::parse(gold)) {
+        1.0
+    } else {
+        0.0
     };
     if kind != Kind::Math && best < 1.0 {
-        let pred = answer_value
-            .as_ref()
-            .map(Value::text)
-            .unwrap_or_else(|| normalise(&answer));
-        best = best.max(relaxed_accuracy(&pred, gold));
+        // These compare the text math-verify extracts: for a capture that spans two boxes
+        // (`3} and \boxed{4`, CapRL's greedy pattern), what follows the last `\boxed`.
+        let student = match answer.rfind("\\boxed{") {
+            Some(at) if matching_brace(&answer, at + 6).is_none() => answer[at + 6..].to_string(),
+            _ => answer.clone(),
+        };
+        for g in golds(gold) {
+            best = best.max(relaxed_accuracy(&student, &g));
+        }
         if kind == Kind::Info {
-            let a = anls(&pred, gold);
+            let a = anls(&squeeze(&student), gold);
             if a >= 0.5 {
                 best = best.max(a);
             }
@@ -98,102 +116,229 @@ pub fn score(kind: Kind, content: &str, gold: &str) -> f64 {
     best
 }
 
+/// A gold math-verify finds nothing in: empty, or only LaTeX punctuation.
+fn unparseable(gold: &str) -> bool {
+    let t = gold.trim().trim_matches('$').trim();
+    t.is_empty() || t == "\\" || t == "\\boxed{}"
+}
+
+/// `\boxed{\boxed{7}}`, `{7}`, ` 7 ` -> `7`.
+fn unbox(s: &str) -> String {
+    let mut t = s.trim().to_string();
+    loop {
+        let before = t.clone();
+        if let Some(rest) = t.strip_prefix("\\boxed") {
+            let rest = rest.trim_start();
+            if rest.starts_with('{') && matching_brace(rest, 0) == Some(rest.len() - 1) {
+                t = rest[1..rest.len() - 1].trim().to_string();
+            }
+        }
+        if t.starts_with('{') && matching_brace(&t, 0) == Some(t.len() - 1) {
+            t = t[1..t.len() - 1].trim().to_string();
+        }
+        if t.starts_with('$') && t.ends_with('$') && t.len() >= 2 {
+            t = t[1..t.len() - 1].trim().to_string();
+        }
+        if t == before {
+            return t;
+        }
+    }
+}
+
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// A parsed answer or gold.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
-    Number { value: f64, percent: bool },
+enum Expr {
+    Number {
+        value: f64,
+        integer: bool,
+        percent: bool,
+    },
     Letter(char),
+    /// `x = 3`: the variable and the value.
+    Equation(String, Box<Expr>),
+    /// `{1,2}`, `(1,2)`, `1,2`, `[0,1]`, and intervals written as inequalities.
+    Group {
+        items: Vec<f64>,
+        kind: GroupKind,
+    },
+    /// Letters and spaces only: compared as math-verify compares products of symbols (order
+    /// and spaces do not matter; `E` is a symbol, `e` Euler's number).
+    Word(Vec<char>),
     Text(String),
 }
 
-impl Value {
-    fn parse(s: &str) -> Option<Value> {
-        let text = normalise(s);
-        if text.is_empty() {
-            return None;
-        }
-        if let Some((value, percent)) = number(&text) {
-            return Some(Value::Number { value, percent });
-        }
-        if let Some(l) = letter(&text) {
-            return Some(Value::Letter(l));
-        }
-        Some(Value::Text(text.to_lowercase()))
-    }
+/// How a group of numbers was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupKind {
+    /// `\{1,2\}`: unordered.
+    Set,
+    /// `(1,2)`, `1 < x < 2`: an open interval (it also equals the set of its ends).
+    Open,
+    /// `[0,1]`, `0 \le x \le 1`.
+    Closed,
+    /// `1, 2`, `1 and 2`.
+    Bare,
+}
 
-    fn text(&self) -> String {
-        match self {
-            Value::Number { value, percent } => {
-                let v = if *percent { value * 100.0 } else { *value };
-                format_number(v)
+/// Units a number may carry, dropped as math-verify drops them.
+const UNITS: [&str; 14] = [
+    "cm", "mm", "km", "kg", "m", "g", "s", "h", "ml", "l", "in", "ft", "degrees", "degree",
+];
+
+impl Expr {
+    fn parse(s: &str) -> Expr {
+        // `\text{…}` around a whole answer: a letter or a number as such, words as text (not
+        // as a product of symbols).
+        let trimmed = s.trim();
+        if let Some(inner) = trimmed.strip_prefix("\\text{") {
+            if matching_brace(trimmed, 5) == Some(trimmed.len() - 1) {
+                let inner = &inner[..inner.len() - 1];
+                if let Some(l) = letter(inner) {
+                    return Expr::Letter(l);
+                }
+                if let Some(n) = number(&normalise(inner)) {
+                    return n;
+                }
+                // Plain words read as the same symbols; anything else (`São Paulo`, `25-34
+                // years`) stays text, which a bare gold never equals.
+                if !inner.chars().all(|c| c.is_ascii_alphabetic() || c == ' ') {
+                    return Expr::Text(format!("\\text{{{inner}}}"));
+                }
             }
-            Value::Letter(l) => l.to_string(),
-            Value::Text(t) => t.clone(),
         }
+        let t = normalise(s);
+        if let Some((var, rhs)) = t.split_once('=') {
+            let var = var.trim();
+            if !var.is_empty() && var.chars().all(|c| c.is_ascii_alphabetic()) {
+                return Expr::Equation(var.to_string(), Box::new(Expr::parse(rhs)));
+            }
+        }
+        if let Some(n) = number(&t) {
+            return n;
+        }
+        if let Some(g) = group(&t) {
+            return g;
+        }
+        if let Some(l) = letter(&t) {
+            return Expr::Letter(l);
+        }
+        if !t.is_empty() && t.chars().all(|c| c.is_alphabetic() || c == ' ') {
+            let mut chars: Vec<char> = t
+                .chars()
+                .filter(|c| *c != ' ')
+                .map(|c| {
+                    if c == 'E' {
+                        c
+                    } else {
+                        c.to_lowercase().next().unwrap_or(c)
+                    }
+                })
+                .collect();
+            chars.sort_unstable();
+            return Expr::Word(chars);
+        }
+        Expr::Text(t.chars().filter(|c| !c.is_whitespace()).collect())
     }
 
-    fn equals(&self, gold: &Value) -> bool {
+    fn equals(&self, gold: &Expr) -> bool {
+        use Expr::*;
         match (self, gold) {
             (
-                Value::Number {
+                Number {
                     value: a,
+                    integer: ia,
                     percent: pa,
                 },
-                Value::Number {
+                Number {
                     value: b,
+                    integer: ib,
                     percent: pb,
                 },
             ) => {
-                close(*a, *b)
-                    // 45% = 0.45 (values are kept as fractions); and 45% = 45 as written.
-                    || (*pa != *pb && close(*a * 100.0, *b))
-                    || (*pa != *pb && close(*a, *b * 100.0))
+                let same = |x: f64, y: f64| {
+                    if *ia && *ib && !pa && !pb {
+                        x == y
+                    } else {
+                        round6(x) == round6(y)
+                    }
+                };
+                // A percentage is kept as its fraction; an integer one also stands for itself.
+                same(*a, *b)
+                    || (*pa && *ia && same(*a * 100.0, *b))
+                    || (*pb && *ib && same(*a, *b * 100.0))
             }
-            (Value::Letter(a), Value::Letter(b)) => a == b,
-            (Value::Text(a), Value::Text(b)) => a == b,
-            (Value::Letter(a), Value::Text(b)) | (Value::Text(b), Value::Letter(a)) => {
-                b.len() == 1 && b.starts_with(a.to_ascii_lowercase())
+            (Equation(v, a), Equation(w, b)) => v == w && a.equals(b),
+            (Equation(_, a), b) => a.equals(b),
+            (a, Equation(_, b)) => a.equals(b),
+            (Letter(a), Letter(b)) => a.eq_ignore_ascii_case(b),
+            (Letter(a), Word(w)) | (Word(w), Letter(a)) => {
+                w.len() == 1 && w[0].eq_ignore_ascii_case(a)
             }
+            (Group { items: a, kind: ka }, Group { items: b, kind: kb }) => {
+                use GroupKind::*;
+                let ordered =
+                    || a.len() == b.len() && a.iter().zip(b).all(|(x, y)| round6(*x) == round6(*y));
+                let unordered = || {
+                    let mut a = a.iter().map(|x| round6(*x)).collect::<Vec<_>>();
+                    let mut b = b.iter().map(|x| round6(*x)).collect::<Vec<_>>();
+                    a.sort_by(f64::total_cmp);
+                    b.sort_by(f64::total_cmp);
+                    a == b
+                };
+                match (ka, kb) {
+                    (Closed, Closed) | (Open, Open) => ordered(),
+                    (Closed, _) | (_, Closed) => false,
+                    _ => unordered(),
+                }
+            }
+            (Word(a), Word(b)) => a == b,
+            (Text(a), Text(b)) => a == b,
             _ => false,
         }
     }
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
-fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Strip what carries no value: `$`, `\text{…}` wrappers, `\left`/`\right`, LaTeX spacing,
-/// degree signs, a trailing full stop, surrounding spaces.
+/// Strip what carries no value: `$`, `\left`/`\right`, LaTeX spacing, `^\circ`, units after a
+/// number (`\text{ cm}`, `cm`), `\text{…}` around a whole answer; and spell `−`, `{,}`, `\%`
+/// and `percent` the plain way.
 fn normalise(s: &str) -> String {
     let mut t = s.trim().to_string();
     for (from, to) in [
+        ("\\$", ""),
         ("$", ""),
+        ("\u{2212}", "-"),
+        ("{,}", ","),
         ("\\left", ""),
         ("\\right", ""),
         ("\\!", ""),
-        ("\\,", ""),
-        ("\\;", ""),
+        ("\\,", " "),
+        ("\\;", " "),
         ("\\ ", " "),
         ("^\\circ", ""),
         ("^{\\circ}", ""),
-        ("°", ""),
         ("\\%", "%"),
+        (" percent", "%"),
         ("\\dfrac", "\\frac"),
         ("\\tfrac", "\\frac"),
         ("\\displaystyle", ""),
+        ("\\cdot", "*"),
+        ("\\times", "*"),
+        ("\\le", "<="),
+        ("\\ge", ">="),
+        ("\\in", " in "),
     ] {
         t = t.replace(from, to);
     }
-    // \text{x}, \mathrm{x}, \textbf{x} -> x
+    // `\text{…}`: the whole answer -> its text; after a number -> a unit, dropped (with its
+    // exponent); elsewhere -> its text.
     for cmd in ["\\text", "\\mathrm", "\\textbf", "\\mathbf", "\\textit"] {
         while let Some(at) = t.find(&format!("{cmd}{{")) {
             let open = at + cmd.len();
@@ -201,73 +346,98 @@ fn normalise(s: &str) -> String {
                 break;
             };
             let inner = t[open + 1..close].to_string();
-            t.replace_range(at..=close, &inner);
+            let before = t[..at].trim_end();
+            let word = inner.trim();
+            let is_unit = before
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_digit() || c == '}' || c == 'i')
+                && word.chars().all(|c| c.is_alphabetic() || c == ' ')
+                && !word.is_empty()
+                && word != "and"
+                && word != "or";
+            let mut end = close + 1;
+            if is_unit {
+                let rest = &t[end..];
+                if let Some(exp) = rest.strip_prefix('^') {
+                    end += 1 + exp.chars().take_while(|c| c.is_ascii_digit()).count();
+                }
+                t.replace_range(at..end, "");
+            } else {
+                t.replace_range(at..end, &inner);
+            }
         }
     }
-    let t = t.trim().trim_end_matches('.').trim();
-    t.to_string()
+    t.trim().to_string()
 }
 
-/// The index of the `}` matching the `{` at `open`.
+/// The index of the `}` (or `)`, `]`) matching the bracket at `open`.
 fn matching_brace(s: &str, open: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let (o, c) = match b.get(open)? {
+        b'{' => (b'{', b'}'),
+        b'(' => (b'(', b')'),
+        b'[' => (b'[', b']'),
+        _ => return None,
+    };
     let mut depth = 0;
-    for (i, c) in s[open..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(open + i);
-                }
+    for (i, &ch) in b.iter().enumerate().skip(open) {
+        if ch == o {
+            depth += 1;
+        } else if ch == c {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
             }
-            _ => {}
         }
     }
     None
 }
 
-/// A number, as a fraction when it was a percentage: `(value, was a percentage)`.
-fn number(t: &str) -> Option<(f64, bool)> {
+/// A number: a plain one (`-1,234.5`, `45%`), a unit after it dropped, or an arithmetic
+/// expression (`\frac{1}{2}`, `2\pi`, `2^{1/2}`, `10:30`).
+fn number(t: &str) -> Option<Expr> {
     let mut s = t.trim();
-    // `x = 3`, `x=3`: the right-hand side.
-    if let Some((lhs, rhs)) = s.split_once('=') {
-        if lhs.trim().chars().all(|c| c.is_ascii_alphabetic()) && !lhs.trim().is_empty() {
-            s = rhs.trim();
-        }
-    }
     let percent = s.ends_with('%');
-    let s = s.trim_end_matches('%').trim();
-    // A unit after the number: `12 cm`, `3 kg`, `5\text{ m}` (already unwrapped).
-    let s = match s.split_once(' ') {
-        Some((n, unit))
-            if unit
-                .chars()
-                .all(|c| c.is_alphabetic() || c == '^' || c.is_ascii_digit())
-                && parse_plain(n).is_some() =>
-        {
-            n
-        }
-        _ => s,
+    if percent {
+        s = s.trim_end_matches('%').trim();
+    }
+    // A unit straight after the number: `178cm`, `12 kg` (not `cm^2`: that is a product).
+    let digits_end = s
+        .char_indices()
+        .find(|(_, c)| c.is_alphabetic())
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let unit = s[digits_end..].trim();
+    if digits_end > 0 && UNITS.contains(&unit) {
+        s = s[..digits_end].trim();
+    }
+    let s = s
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
+        .filter(|x| !x.contains(','))
+        .unwrap_or(s);
+    let (value, integer) = match plain(s) {
+        Some(v) => (v, !s.contains('.')),
+        None => (eval(s)?, false),
     };
-    let v = parse_plain(s).or_else(|| parse_latex(s))?;
-    Some(if percent {
-        (v / 100.0, true)
-    } else {
-        (v, false)
+    Some(Expr::Number {
+        value: if percent { value / 100.0 } else { value },
+        integer,
+        percent,
     })
 }
 
-/// `-1,234.5`, `+3`, `.5`, `1e3`.
-fn parse_plain(s: &str) -> Option<f64> {
+/// `-1,234.5`, `+3`, `.5` (no exponent: math-verify reads `1e3` as 1·e·3).
+fn plain(s: &str) -> Option<f64> {
     let s = s.trim();
-    if s.is_empty() {
+    let body = s.trim_start_matches(['-', '+']);
+    if body.is_empty() || !body.chars().next()?.is_ascii_digit() && !body.starts_with('.') {
         return None;
     }
-    // Thousands separators only where they are ones: `1,234` and `12,345,678`.
-    let cleaned = if s.contains(',') {
-        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-        let digits = int.trim_start_matches(['-', '+']);
-        let groups: Vec<&str> = digits.split(',').collect();
+    let cleaned = if body.contains(',') {
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let groups: Vec<&str> = int.split(',').collect();
         let ok = groups.len() > 1
             && !groups[0].is_empty()
             && groups[0].len() <= 3
@@ -275,123 +445,252 @@ fn parse_plain(s: &str) -> Option<f64> {
         if !ok {
             return None;
         }
-        let sign = &int[..int.len() - digits.len()];
         if frac.is_empty() {
-            format!("{sign}{}", groups.concat())
+            groups.concat()
         } else {
-            format!("{sign}{}.{frac}", groups.concat())
+            format!("{}.{frac}", groups.concat())
         }
     } else {
-        s.to_string()
+        body.to_string()
     };
-    let ok = cleaned
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
-        && cleaned.chars().any(|c| c.is_ascii_digit());
-    if !ok {
+    if !cleaned.chars().all(|c| c.is_ascii_digit() || c == '.') || cleaned.matches('.').count() > 1
+    {
         return None;
     }
-    cleaned.parse::<f64>().ok().filter(|v| v.is_finite())
+    let v: f64 = cleaned.parse().ok()?;
+    Some(if s.starts_with('-') { -v } else { v })
 }
 
-/// `\frac{a}{b}`, `a/b`, `\sqrt{x}`, `k\sqrt{x}`, `\pi`, `k\pi`, `\frac{k\pi}{n}`, and a
-/// leading minus on any of them.
-fn parse_latex(s: &str) -> Option<f64> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('-') {
-        return parse_latex(rest).map(|v| -v);
-    }
-    if let Some(rest) = s.strip_prefix("\\frac") {
-        let rest = rest.trim_start();
-        if !rest.starts_with('{') {
-            return None;
-        }
-        let close = matching_brace(rest, 0)?;
-        let num = &rest[1..close];
-        let after = rest[close + 1..].trim_start();
-        if !after.starts_with('{') {
-            return None;
-        }
-        let close2 = matching_brace(after, 0)?;
-        if !after[close2 + 1..].trim().is_empty() {
-            return None;
-        }
-        let den = &after[1..close2];
-        let (n, d) = (atom(num)?, atom(den)?);
-        return (d != 0.0).then_some(n / d);
-    }
-    if let Some((n, d)) = s.split_once('/') {
-        let (n, d) = (atom(n)?, atom(d)?);
-        return (d != 0.0).then_some(n / d);
-    }
-    atom(s)
-}
-
-/// A number, `\pi`, `\sqrt{x}`, or a number times one of them.
-fn atom(s: &str) -> Option<f64> {
-    let s = s.trim();
-    if let Some(v) = parse_plain(s) {
-        return Some(v);
-    }
-    for (name, value) in [("\\pi", std::f64::consts::PI)] {
-        if let Some(k) = s.strip_suffix(name) {
-            let k = k.trim();
-            return if k.is_empty() {
-                Some(value)
-            } else {
-                parse_plain(k).map(|k| k * value)
-            };
-        }
-    }
-    if let Some(at) = s.find("\\sqrt") {
-        let k = s[..at].trim();
-        let rest = s[at + 5..].trim_start();
-        let inner = if rest.starts_with('{') {
-            let close = matching_brace(rest, 0)?;
-            if !rest[close + 1..].trim().is_empty() {
-                return None;
-            }
-            &rest[1..close]
+/// `{1,2}`, `(1, 2)`, `1,2`, `[0,1]`, `2 < x < 3`, `0 <= x <= 1`, `x in (2,3)`, `2 and 3`.
+fn group(t: &str) -> Option<Expr> {
+    let t = t.trim();
+    let t = t
+        .strip_prefix("x in ")
+        .or_else(|| t.strip_prefix("x  in "))
+        .unwrap_or(t)
+        .trim();
+    let between = |op: &str| -> Option<(f64, f64)> {
+        let parts: Vec<&str> = t.split(op).map(str::trim).collect();
+        if parts.len() == 3 && parts[1].chars().all(|c| c.is_ascii_alphabetic()) {
+            Some((eval(parts[0])?, eval(parts[2])?))
         } else {
-            rest
-        };
-        let root = parse_plain(inner)?.sqrt();
-        return if k.is_empty() {
-            Some(root)
-        } else {
-            parse_plain(k).map(|k| k * root)
-        };
+            None
+        }
+    };
+    if let Some((a, b)) = between("<=") {
+        return Some(Expr::Group {
+            items: vec![a, b],
+            kind: GroupKind::Closed,
+        });
     }
-    None
+    if let Some((a, b)) = between("<") {
+        return Some(Expr::Group {
+            items: vec![a, b],
+            kind: GroupKind::Open,
+        });
+    }
+    let (inner, kind) = if let Some(x) = t.strip_prefix("\\{").and_then(|x| x.strip_suffix("\\}")) {
+        (x, GroupKind::Set)
+    } else if t.starts_with('(') && matching_brace(t, 0) == Some(t.len() - 1) {
+        (&t[1..t.len() - 1], GroupKind::Open)
+    } else if t.starts_with('[') && matching_brace(t, 0) == Some(t.len() - 1) {
+        (&t[1..t.len() - 1], GroupKind::Closed)
+    } else {
+        (t, GroupKind::Bare)
+    };
+    let inner = inner.replace(" and ", ",");
+    if !inner.contains(',') {
+        return None;
+    }
+    let items = inner
+        .split(',')
+        .map(|x| eval(x.trim()))
+        .collect::<Option<Vec<f64>>>()?;
+    (items.len() >= 2).then_some(Expr::Group { items, kind })
 }
 
-/// A multiple-choice letter: `C`, `(C)`, `C)`, `C) text`, `C. text`, `Option C`.
+/// A multiple-choice letter as math-verify reads one: `C`, `(C)`, `c`.
 fn letter(t: &str) -> Option<char> {
     let s = t.trim();
     let s = s
-        .strip_prefix("Option ")
-        .or_else(|| s.strip_prefix("option "))
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
         .unwrap_or(s);
-    let s = s.strip_prefix('(').unwrap_or(s);
     let mut chars = s.chars();
     let c = chars.next()?;
-    if !c.is_ascii_uppercase() {
-        return None;
+    (c.is_ascii_alphabetic() && chars.next().is_none()).then(|| c.to_ascii_uppercase())
+}
+
+/// Evaluate an arithmetic expression: numbers, `+ - * / ^ :`, `\frac{a}{b}` (and `\frac12`),
+/// `\sqrt{x}`, `\sqrt[n]{x}`, `\pi`, `e`, `\exp(x)`, brackets, implicit products (`2\pi`).
+fn eval(s: &str) -> Option<f64> {
+    let tokens = tokenize(s)?;
+    let mut p = Parser { t: &tokens, i: 0 };
+    let v = p.sum()?;
+    (p.i == tokens.len() && v.is_finite()).then_some(v)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Num(f64),
+    Op(char),
+    Open,
+    Close,
+    Frac,
+    Sqrt,
+    Exp,
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let b: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_ascii_digit() || c == '.' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == '.') {
+                i += 1;
+            }
+            let text: String = b[start..i].iter().collect();
+            out.push(Tok::Num(text.parse().ok()?));
+        } else if "+-*/^:".contains(c) {
+            out.push(Tok::Op(c));
+            i += 1;
+        } else if c == '(' || c == '{' || c == '[' {
+            out.push(Tok::Open);
+            i += 1;
+        } else if c == ')' || c == '}' || c == ']' {
+            out.push(Tok::Close);
+            i += 1;
+        } else if c == '\\' {
+            let start = i + 1;
+            i += 1;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            let name: String = b[start..i].iter().collect();
+            match name.as_str() {
+                "frac" => {
+                    out.push(Tok::Frac);
+                    // `\frac12`: two single digits.
+                    if i + 1 < b.len() && b[i].is_ascii_digit() && b[i + 1].is_ascii_digit() {
+                        out.push(Tok::Num(f64::from(b[i].to_digit(10)?)));
+                        out.push(Tok::Num(f64::from(b[i + 1].to_digit(10)?)));
+                        i += 2;
+                    }
+                }
+                "sqrt" => out.push(Tok::Sqrt),
+                "pi" => out.push(Tok::Num(std::f64::consts::PI)),
+                "exp" => out.push(Tok::Exp),
+                _ => return None,
+            }
+        } else if c == 'e'
+            && (i + 1 == b.len() || !b[i + 1].is_alphabetic())
+            && (i == 0 || !b[i - 1].is_alphabetic())
+        {
+            out.push(Tok::Num(std::f64::consts::E));
+            i += 1;
+        } else {
+            return None;
+        }
     }
-    match chars.next() {
-        None => Some(c),
-        Some(')' | '.' | ':') => Some(c),
-        _ => None,
+    Some(out)
+}
+
+struct Parser<'a> {
+    t: &'a [Tok],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Tok> {
+        self.t.get(self.i)
+    }
+
+    fn sum(&mut self) -> Option<f64> {
+        let mut v = self.product()?;
+        while let Some(Tok::Op(op @ ('+' | '-'))) = self.peek().cloned() {
+            self.i += 1;
+            let r = self.product()?;
+            v = if op == '+' { v + r } else { v - r };
+        }
+        Some(v)
+    }
+
+    fn product(&mut self) -> Option<f64> {
+        let mut v = self.power()?;
+        loop {
+            match self.peek().cloned() {
+                Some(Tok::Op(op @ ('*' | '/' | ':'))) => {
+                    self.i += 1;
+                    let r = self.power()?;
+                    v = if op == '*' { v * r } else { v / r };
+                }
+                // Implicit product: `2\pi`, `3(4)`.
+                Some(Tok::Num(_) | Tok::Open | Tok::Frac | Tok::Sqrt | Tok::Exp) => {
+                    v *= self.power()?
+                }
+                _ => return Some(v),
+            }
+        }
+    }
+
+    fn power(&mut self) -> Option<f64> {
+        let base = self.unary()?;
+        if let Some(Tok::Op('^')) = self.peek() {
+            self.i += 1;
+            let e = self.unary()?;
+            return Some(base.powf(e));
+        }
+        Some(base)
+    }
+
+    fn unary(&mut self) -> Option<f64> {
+        match self.peek().cloned()? {
+            Tok::Op('-') => {
+                self.i += 1;
+                Some(-self.unary()?)
+            }
+            Tok::Op('+') => {
+                self.i += 1;
+                self.unary()
+            }
+            _ => self.atom(),
+        }
+    }
+
+    fn atom(&mut self) -> Option<f64> {
+        let tok = self.peek().cloned()?;
+        self.i += 1;
+        match tok {
+            Tok::Num(v) => Some(v),
+            Tok::Open => {
+                let v = self.sum()?;
+                (self.peek() == Some(&Tok::Close)).then(|| self.i += 1)?;
+                Some(v)
+            }
+            Tok::Frac => {
+                let n = self.atom()?;
+                let d = self.atom()?;
+                Some(n / d)
+            }
+            Tok::Sqrt => Some(self.atom()?.sqrt()),
+            Tok::Exp => Some(self.atom()?.exp()),
+            _ => None,
+        }
     }
 }
 
-/// ChartQA's relaxed accuracy: numbers within 5 % (the prediction also ×0.01 and ×100), else
-/// an exact match ignoring case.
+/// ChartQA's relaxed accuracy: numbers (as Python's `float` reads them) within 5 % of the
+/// target (the prediction also ×0.01 and ×100), else an exact match ignoring case.
 pub fn relaxed_accuracy(pred: &str, gold: &str) -> f64 {
-    let target = normalise(gold);
-    let pred = normalise(pred);
-    let as_float = |s: &str| parse_plain(s.trim_end_matches('%').trim());
-    if let (Some(p), Some(t)) = (as_float(&pred), as_float(&target)) {
+    let pred = pred.trim();
+    let target = gold.trim();
+    let t = python_float(target.strip_suffix('%').unwrap_or(target));
+    if let (Some(p), Some(t)) = (python_float(pred), t) {
         for scale in [1.0, 0.01, 100.0] {
             let p = p * scale;
             let ok = if t == 0.0 {
@@ -408,14 +707,27 @@ pub fn relaxed_accuracy(pred: &str, gold: &str) -> f64 {
     f64::from(u8::from(pred.to_lowercase() == target.to_lowercase()))
 }
 
+/// What Python's `float()` accepts of a number: digits, one `.`, a sign, an exponent.
+fn python_float(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
+        && s.chars().any(|c| c.is_ascii_digit());
+    if !ok {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
 /// Average normalised Levenshtein similarity (InfoVQA's ANLS for one answer), against the
 /// best of the gold answers (a list literal `['a', 'b']` or one string).
 pub fn anls(pred: &str, gold: &str) -> f64 {
-    let pred = pred.trim().to_lowercase();
+    let pred = squeeze(pred).to_lowercase();
     golds(gold)
         .iter()
         .map(|g| {
-            let g = g.trim().to_lowercase();
+            let g = squeeze(g).to_lowercase();
             let longest = pred.chars().count().max(g.chars().count());
             if longest == 0 {
                 return 1.0;
@@ -494,7 +806,12 @@ mod tests {
             ("12 \\text{cm}", "12", 1.0),
             ("30^\\circ", "30", 1.0),
             ("(B)", "B", 1.0),
-            ("C) a red kite", "C", 1.0),
+            ("C) a red kite", "C", 0.0),
+            ("\\text{C}", "C", 1.0),
+            ("1e3", "1000", 0.0),
+            ("12.5\\%", "12.5", 0.0),
+            ("(2,1)", "\\{1,2\\}", 1.0),
+            ("0 \\le x \\le 1", "[0,1]", 1.0),
             ("Yes", "yes", 1.0),
             ("41", "42", 0.0),
             ("A", "B", 0.0),

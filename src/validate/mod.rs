@@ -133,31 +133,8 @@ pub fn validate_chat(
     body: Bytes,
     opts: &ValidateOptions<'_>,
 ) -> Result<ValidRequest, GatewayError> {
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        // serde_path_to_error says "." for the root and "?" where it has no path (a key
-        // that failed to parse): name the object that holds it.
-        let path = path.trim_end_matches(".?").to_string();
-        let param = (path != "." && path != "?").then_some(path);
-        GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
-    })?;
-    de.end()
-        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}"), None))?;
-
-    let model = match view.model.as_deref() {
-        None | Some("") => {
-            return Err(GatewayError::invalid(
-                "`model` is required",
-                Some("model".into()),
-            ))
-        }
-        Some(m) => m.to_string(),
-    };
-    if !(opts.is_served)(&model) {
-        return Err(GatewayError::ModelNotFound(model));
-    }
+    let view: ChatRequestView<'_> = parse_view(&body)?;
+    let model = served_model(view.model.as_deref(), opts)?;
     let messages = view
         .messages
         .as_ref()
@@ -168,49 +145,15 @@ pub fn validate_chat(
             Some("messages".into()),
         ));
     }
-    let n = view.n.unwrap_or(1);
-    if n == 0 {
-        return Err(GatewayError::invalid(
-            "`n` must be at least 1",
-            Some("n".into()),
-        ));
-    }
-    if n > MAX_N {
-        return Err(GatewayError::invalid(
-            format!("`n` must be at most {MAX_N}"),
-            Some("n".into()),
-        ));
-    }
-    let context = opts.max_model_len(&model);
-    for (name, value) in [
-        ("max_tokens", view.max_tokens),
-        ("max_completion_tokens", view.max_completion_tokens),
-    ] {
-        match value {
-            Some(0) => {
-                return Err(GatewayError::invalid(
-                    format!("`{name}` must be at least 1"),
-                    Some(name.into()),
-                ))
-            }
-            // Prompt and output must both fit; the prompt's length is only estimated here,
-            // so refuse only what cannot fit even with an empty prompt.
-            Some(t) if t > context => {
-                return Err(GatewayError::invalid(
-                    format!("`{name}` is {t}; the model's context is {context} tokens"),
-                    Some(name.into()),
-                ))
-            }
-            _ => {}
-        }
-    }
-    let max_depth = opts.limits.max_json_depth;
-    json::check_extras(&view.extra, depth::BODY, max_depth, &String::new)?;
-    if let Some(options) = &view.stream_options {
-        json::check_extras(&options.extra, depth::STREAM_OPTIONS, max_depth, &|| {
-            "stream_options.".into()
-        })?;
-    }
+    let n = check_n(view.n)?;
+    check_max_tokens(
+        &[
+            ("max_tokens", view.max_tokens),
+            ("max_completion_tokens", view.max_completion_tokens),
+        ],
+        opts.max_model_len(&model),
+    )?;
+    check_unknown_fields(&view.extra, view.stream_options.as_ref(), opts)?;
 
     let limits = ImageLimits::from(opts.limits);
     let keep = (opts.keep_image_bytes)(&model);
@@ -220,11 +163,7 @@ pub fn validate_chat(
     }
 
     let stream = view.stream.unwrap_or(false);
-    let client_wants_usage = view
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let client_wants_usage = wants_usage(view.stream_options.as_ref());
     let max_tokens = view
         .max_completion_tokens
         .or(view.max_tokens)
@@ -233,11 +172,11 @@ pub fn validate_chat(
     let image_tokens = scan.images.iter().map(|i| i.tokens).sum::<u64>()
         + scan.remote_images as u64 * REMOTE_IMAGE_TOKENS;
 
-    // The body changes only when it must: `priority` is the gateway's (vLLM refuses it unless
-    // started with priority scheduling), and a stream without usage gets it asked for.
-    let strip_priority = view.priority.is_some();
-    let add_usage = stream && !client_wants_usage;
-    let has_stream_options = view.stream_options.is_some();
+    let forward = Forward {
+        strip_priority: view.priority.is_some(),
+        add_usage: stream && !client_wants_usage,
+        has_stream_options: view.stream_options.is_some(),
+    };
     drop(view);
     // Images by file id go to the worker inline, as data URLs: workers know nothing of files.
     let body = if scan.inline.is_empty() {
@@ -245,15 +184,7 @@ pub fn validate_chat(
     } else {
         rewrite::inline_images(&body, &scan.inline)?
     };
-    let body = match (strip_priority, add_usage) {
-        (false, false) => body,
-        // The common streaming case: one prepended field, no re-serialization.
-        (false, true) if !has_stream_options => match rewrite::prepend_usage(&body) {
-            Some(b) => b,
-            None => rewrite::rewrite_body(&body, false, true)?,
-        },
-        _ => rewrite::rewrite_body(&body, strip_priority, add_usage)?,
-    };
+    let body = forward.apply(body)?;
 
     Ok(ValidRequest {
         endpoint: Endpoint::Chat,
@@ -278,84 +209,30 @@ pub fn validate_completion(
     body: Bytes,
     opts: &ValidateOptions<'_>,
 ) -> Result<ValidRequest, GatewayError> {
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let view: CompletionRequestView<'_> =
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let path = path.trim_end_matches(".?").to_string();
-            let param = (path != "." && path != "?").then_some(path);
-            GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
-        })?;
-    de.end()
-        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}"), None))?;
-    let model = match view.model.as_deref() {
-        None | Some("") => {
-            return Err(GatewayError::invalid(
-                "`model` is required",
-                Some("model".into()),
-            ))
-        }
-        Some(m) => m.to_string(),
-    };
-    if !(opts.is_served)(&model) {
-        return Err(GatewayError::ModelNotFound(model));
-    }
+    let view: CompletionRequestView<'_> = parse_view(&body)?;
+    let model = served_model(view.model.as_deref(), opts)?;
     let prompt = view
         .prompt
         .ok_or_else(|| GatewayError::invalid("`prompt` is required", Some("prompt".into())))?;
     let (prompts, prompt_tokens) = measure_prompt(prompt)?;
-    let n = view.n.unwrap_or(1);
-    if n == 0 || n > MAX_N {
-        return Err(GatewayError::invalid(
-            format!("`n` must be from 1 to {MAX_N}"),
-            Some("n".into()),
-        ));
-    }
-    let context = opts.max_model_len(&model);
-    match view.max_tokens {
-        Some(0) => {
-            return Err(GatewayError::invalid(
-                "`max_tokens` must be at least 1",
-                Some("max_tokens".into()),
-            ))
-        }
-        Some(t) if t > context => {
-            return Err(GatewayError::invalid(
-                format!("`max_tokens` is {t}; the model's context is {context} tokens"),
-                Some("max_tokens".into()),
-            ))
-        }
-        _ => {}
-    }
-    let max_depth = opts.limits.max_json_depth;
-    json::check_extras(&view.extra, depth::BODY, max_depth, &String::new)?;
-    if let Some(options) = &view.stream_options {
-        json::check_extras(&options.extra, depth::STREAM_OPTIONS, max_depth, &|| {
-            "stream_options.".into()
-        })?;
-    }
+    let n = check_n(view.n)?;
+    check_max_tokens(
+        &[("max_tokens", view.max_tokens)],
+        opts.max_model_len(&model),
+    )?;
+    check_unknown_fields(&view.extra, view.stream_options.as_ref(), opts)?;
     let stream = view.stream.unwrap_or(false);
-    let client_wants_usage = view
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let client_wants_usage = wants_usage(view.stream_options.as_ref());
     // OpenAI's (and vLLM's) default for completions.
     let max_tokens = view.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS);
     let priority = view.priority.unwrap_or(0);
-    let strip_priority = view.priority.is_some();
-    let add_usage = stream && !client_wants_usage;
-    let has_stream_options = view.stream_options.is_some();
-    drop(view);
-    let body = match (strip_priority, add_usage) {
-        (false, false) => body,
-        (false, true) if !has_stream_options => match rewrite::prepend_usage(&body) {
-            Some(b) => b,
-            None => rewrite::rewrite_body(&body, false, true)?,
-        },
-        _ => rewrite::rewrite_body(&body, strip_priority, add_usage)?,
+    let forward = Forward {
+        strip_priority: view.priority.is_some(),
+        add_usage: stream && !client_wants_usage,
+        has_stream_options: view.stream_options.is_some(),
     };
+    drop(view);
+    let body = forward.apply(body)?;
     Ok(ValidRequest {
         endpoint: Endpoint::Completions,
         model,
@@ -372,6 +249,127 @@ pub fn validate_completion(
         priority,
         bulk: false,
     })
+}
+
+/// Parse a body into its view, naming the field of the first error.
+fn parse_view<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let view: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_path_to_error says "." for the root and "?" where it has no path (a key
+        // that failed to parse): name the object that holds it.
+        let path = path.trim_end_matches(".?").to_string();
+        let param = (path != "." && path != "?").then_some(path);
+        GatewayError::invalid(format!("invalid JSON body: {inner}"), param)
+    })?;
+    de.end()
+        .map_err(|e| GatewayError::invalid(format!("invalid JSON body: {e}"), None))?;
+    Ok(view)
+}
+
+/// The request's model, required and served (else 404, as from vLLM).
+fn served_model(model: Option<&str>, opts: &ValidateOptions<'_>) -> Result<String, GatewayError> {
+    let model = match model {
+        None | Some("") => {
+            return Err(GatewayError::invalid(
+                "`model` is required",
+                Some("model".into()),
+            ))
+        }
+        Some(m) => m.to_string(),
+    };
+    if !(opts.is_served)(&model) {
+        return Err(GatewayError::ModelNotFound(model));
+    }
+    Ok(model)
+}
+
+/// `n`, 1 by default, in 1..=[`MAX_N`].
+fn check_n(n: Option<u32>) -> Result<u32, GatewayError> {
+    let n = n.unwrap_or(1);
+    if n == 0 {
+        return Err(GatewayError::invalid(
+            "`n` must be at least 1",
+            Some("n".into()),
+        ));
+    }
+    if n > MAX_N {
+        return Err(GatewayError::invalid(
+            format!("`n` must be at most {MAX_N}"),
+            Some("n".into()),
+        ));
+    }
+    Ok(n)
+}
+
+/// Each named output-token bound is at least 1 and at most the model's `context`.
+fn check_max_tokens(fields: &[(&str, Option<u64>)], context: u64) -> Result<(), GatewayError> {
+    for &(name, value) in fields {
+        match value {
+            Some(0) => {
+                return Err(GatewayError::invalid(
+                    format!("`{name}` must be at least 1"),
+                    Some(name.into()),
+                ))
+            }
+            // Prompt and output must both fit; the prompt's length is only estimated here,
+            // so refuse only what cannot fit even with an empty prompt.
+            Some(t) if t > context => {
+                return Err(GatewayError::invalid(
+                    format!("`{name}` is {t}; the model's context is {context} tokens"),
+                    Some(name.into()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The depth and integers of the fields the gateway forwards unread (see [`json`]).
+fn check_unknown_fields(
+    extra: &[crate::api::chat::Extra<'_>],
+    stream_options: Option<&crate::api::chat::StreamOptions<'_>>,
+    opts: &ValidateOptions<'_>,
+) -> Result<(), GatewayError> {
+    let max_depth = opts.limits.max_json_depth;
+    json::check_extras(extra, depth::BODY, max_depth, &String::new)?;
+    if let Some(options) = stream_options {
+        json::check_extras(&options.extra, depth::STREAM_OPTIONS, max_depth, &|| {
+            "stream_options.".into()
+        })?;
+    }
+    Ok(())
+}
+
+fn wants_usage(stream_options: Option<&crate::api::chat::StreamOptions<'_>>) -> bool {
+    stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false)
+}
+
+/// How the body must change before a worker gets it. It changes only when it must:
+/// `priority` is the gateway's (vLLM refuses it unless started with priority scheduling), and
+/// a stream without usage gets it asked for.
+struct Forward {
+    strip_priority: bool,
+    add_usage: bool,
+    has_stream_options: bool,
+}
+
+impl Forward {
+    fn apply(&self, body: Bytes) -> Result<Bytes, GatewayError> {
+        Ok(match (self.strip_priority, self.add_usage) {
+            (false, false) => body,
+            // The common streaming case: one prepended field, no re-serialization.
+            (false, true) if !self.has_stream_options => match rewrite::prepend_usage(&body) {
+                Some(b) => b,
+                None => rewrite::rewrite_body(&body, false, true)?,
+            },
+            _ => rewrite::rewrite_body(&body, self.strip_priority, self.add_usage)?,
+        })
+    }
 }
 
 /// `max_tokens` of a completion that names none: OpenAI's and vLLM's default.

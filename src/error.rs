@@ -83,6 +83,15 @@ impl GatewayError {
         }
     }
 
+    /// A required parameter is absent: OpenAI's `missing_required_parameter`.
+    pub fn missing(param: &str) -> Self {
+        GatewayError::InvalidRequest {
+            message: format!("Missing required parameter: '{param}'."),
+            param: Some(param.into()),
+            code: Some("missing_required_parameter"),
+        }
+    }
+
     pub fn too_large(message: impl Into<String>, param: impl Into<Option<String>>) -> Self {
         GatewayError::TooLarge {
             message: message.into(),

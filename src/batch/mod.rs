@@ -126,7 +126,7 @@ impl Batches {
         let input_file_id = match req.input_file_id {
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(_) => return Err(bad("input_file_id must be a file id", "input_file_id")),
-            None => return Err(missing("input_file_id")),
+            None => return Err(GatewayError::missing("input_file_id")),
         };
         let endpoint = match req.endpoint {
             Some(Value::String(s)) if ENDPOINTS.contains(&s.as_str()) => s,
@@ -139,7 +139,7 @@ impl Batches {
                     "endpoint",
                 ))
             }
-            None => return Err(missing("endpoint")),
+            None => return Err(GatewayError::missing("endpoint")),
         };
         match req.completion_window {
             Some(Value::String(s)) if s == COMPLETION_WINDOW => {}
@@ -149,7 +149,7 @@ impl Batches {
                     "completion_window",
                 ))
             }
-            None => return Err(missing("completion_window")),
+            None => return Err(GatewayError::missing("completion_window")),
         }
         let metadata = match req.metadata {
             None | Some(Value::Null) => None,
@@ -264,14 +264,6 @@ impl Batches {
         }
         self.update_gauges().await;
         Ok(object(&after))
-    }
-}
-
-fn missing(param: &str) -> GatewayError {
-    GatewayError::InvalidRequest {
-        message: format!("Missing required parameter: '{param}'."),
-        param: Some(param.into()),
-        code: Some("missing_required_parameter"),
     }
 }
 

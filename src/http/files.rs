@@ -156,21 +156,13 @@ async fn upload_inner(
             tracing::info!(file = %row.id, bytes = row.bytes, purpose = %row.purpose, "file stored");
             Ok(row)
         }
-        (Ok(_), None) => Err(missing("file")),
+        (Ok(_), None) => Err(GatewayError::missing("file")),
         (Err(e), up) => {
             if let Some((up, _)) = up {
                 files.abandon(up).await;
             }
             Err(e)
         }
-    }
-}
-
-fn missing(param: &str) -> GatewayError {
-    GatewayError::InvalidRequest {
-        message: format!("Missing required parameter: '{param}'."),
-        param: Some(param.into()),
-        code: Some("missing_required_parameter"),
     }
 }
 
@@ -182,9 +174,9 @@ fn check_form(
     filename: Option<&str>,
 ) -> Result<(String, Option<i64>), GatewayError> {
     let Some(filename) = filename else {
-        return Err(missing("file"));
+        return Err(GatewayError::missing("file"));
     };
-    let purpose = purpose.ok_or_else(|| missing("purpose"))?;
+    let purpose = purpose.ok_or_else(|| GatewayError::missing("purpose"))?;
     if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
         return Err(GatewayError::invalid(
             format!(
@@ -220,14 +212,14 @@ fn check_form(
             }
             Some(store::now() + secs)
         }
-        (Some("created_at"), None) => return Err(missing("expires_after[seconds]")),
+        (Some("created_at"), None) => return Err(GatewayError::missing("expires_after[seconds]")),
         (Some(other), _) => {
             return Err(GatewayError::invalid(
                 format!("expires_after[anchor] must be `created_at`, not `{other}`"),
                 Some("expires_after[anchor]".into()),
             ))
         }
-        (None, Some(_)) => return Err(missing("expires_after[anchor]")),
+        (None, Some(_)) => return Err(GatewayError::missing("expires_after[anchor]")),
     };
     Ok((purpose, expires_at))
 }

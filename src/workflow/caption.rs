@@ -9,16 +9,14 @@
 //! [`super::journal`]).
 
 use super::client::{Client, Failure};
-use super::journal::{key_hash, Journal};
+use super::journal::Journal;
 use super::progress::Progress;
 use super::source::{self, Item, Shard};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::cell::Cell;
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// `caprl-gateway caption INPUT --base-url URL --model NAME --out FILE …`
 #[derive(Debug, Clone, Args)]
@@ -84,13 +82,6 @@ enum Outcome {
     Failed { record: Value, retryable: bool },
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn errors_path(args: &CaptionArgs) -> PathBuf {
     if let Some(p) = &args.errors {
         return p.clone();
@@ -108,16 +99,8 @@ pub async fn run(args: CaptionArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(args.n > 0, "--n must be positive");
     let shard = Shard::parse(args.shard.as_deref())?;
     let errors_path = errors_path(&args);
-    let (mut out, torn) = Journal::open(&args.out, |v| {
-        Some((v.get("image")?.as_str()?.to_string(), true))
-    })?;
-    if torn > 0 {
-        tracing::warn!(file = %args.out.display(), bytes = torn, "cut a torn last line left by an interrupted run");
-    }
-    let (mut errors, _) = Journal::open(&errors_path, |v| {
-        let retryable = v.get("retryable").and_then(Value::as_bool).unwrap_or(true);
-        Some((v.get("image")?.as_str()?.to_string(), !retryable))
-    })?;
+    let mut out = Journal::open_keyed(&args.out, "image")?;
+    let mut errors = Journal::open_keyed(&errors_path, "image")?;
     let client = Client::new(
         &args.base_url,
         args.api_key.clone(),
@@ -131,20 +114,7 @@ pub async fn run(args: CaptionArgs) -> anyhow::Result<i32> {
         shard,
     )?;
     let progress = Progress::new("caption");
-    // What is done already, and each key once: a key seen twice in the input is done once.
-    let mut seen: HashSet<u128> = out.done_hashes().chain(errors.done_hashes()).collect();
-    let skipped = Cell::new(0u64);
-    let todo = items.filter(|item| {
-        let fresh = match item {
-            Ok(i) => seen.insert(key_hash(&i.key)),
-            Err(_) => true,
-        };
-        if !fresh {
-            skipped.set(skipped.get() + 1);
-            progress.skipped(1);
-        }
-        std::future::ready(fresh)
-    });
+    let todo = super::fresh(items, &[&out, &errors], &progress);
     let args_ref = &args;
     let client_ref = &client;
     let mut results = todo
@@ -183,7 +153,7 @@ pub async fn run(args: CaptionArgs) -> anyhow::Result<i32> {
         }
     }
     drop(results);
-    let skipped = skipped.get();
+    let skipped = progress.skipped_count();
     progress.finish();
     let elapsed = progress.elapsed();
     eprintln!(
@@ -211,7 +181,7 @@ fn failed_item(key: &str, message: &str, status: Option<u16>, retryable: bool) -
             "error": message,
             "status": status,
             "retryable": retryable,
-            "time": now(),
+            "time": super::now(),
         }),
         retryable,
     }
@@ -238,11 +208,7 @@ async fn caption_one(args: &CaptionArgs, client: &Client, item: Item) -> Outcome
         );
     }
     let hash = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
-    // CapRL's form: no media type, the bytes as they are in the file.
-    let url = format!(
-        "data:image;base64,{}",
-        base64_simd::STANDARD.encode_to_string(&bytes)
-    );
+    let url = super::data_url(&bytes);
     drop(bytes);
     let mut messages = Vec::new();
     if !args.system.is_empty() {
@@ -303,7 +269,7 @@ async fn caption_one(args: &CaptionArgs, client: &Client, item: Item) -> Outcome
                         "temperature": args.temperature,
                         "top_p": args.top_p,
                     },
-                    "time": now(),
+                    "time": super::now(),
                     "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
                 }),
                 truncated,

@@ -81,6 +81,19 @@ impl Journal {
         ))
     }
 
+    /// Open a journal whose lines name their item in `field`: a line counts as done unless it
+    /// says `"retryable": true` (a failure worth trying again). A torn tail is cut and logged.
+    pub fn open_keyed(path: &Path, field: &'static str) -> std::io::Result<Journal> {
+        let (journal, torn) = Journal::open(path, move |v| {
+            let retryable = v.get("retryable").and_then(Value::as_bool).unwrap_or(false);
+            Some((v.get(field)?.as_str()?.to_string(), !retryable))
+        })?;
+        if torn > 0 {
+            tracing::warn!(file = %path.display(), bytes = torn, "cut a torn last line left by an interrupted run");
+        }
+        Ok(journal)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -19,3 +19,45 @@ pub mod progress;
 pub mod qa;
 pub mod score;
 pub mod source;
+
+use futures::{Stream, StreamExt};
+use journal::{key_hash, Journal};
+use progress::Progress;
+use source::{Item, ItemError};
+use std::collections::HashSet;
+
+/// Seconds since the Unix epoch, as the output records give times.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// An image file's bytes as CapRL sends them: `data:image;base64,…`, no media type.
+pub fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:image;base64,{}",
+        base64_simd::STANDARD.encode_to_string(bytes)
+    )
+}
+
+/// The items not done yet by the `journals`, each key once (a key seen twice in the input is
+/// done once); every skipped one is counted in `progress`.
+pub fn fresh<'a>(
+    items: source::Items,
+    journals: &[&Journal],
+    progress: &'a Progress,
+) -> impl Stream<Item = Result<Item, ItemError>> + 'a {
+    let mut seen: HashSet<u128> = journals.iter().flat_map(|j| j.done_hashes()).collect();
+    items.filter(move |item| {
+        let fresh = match item {
+            Ok(i) => seen.insert(key_hash(&i.key)),
+            Err(_) => true,
+        };
+        if !fresh {
+            progress.skipped(1);
+        }
+        std::future::ready(fresh)
+    })
+}

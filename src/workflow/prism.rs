@@ -159,17 +159,6 @@ fn load(path: &Path, root: &Path) -> anyhow::Result<Vec<Sample>> {
     Ok(samples)
 }
 
-fn journal(path: &Path) -> anyhow::Result<Journal> {
-    let (j, torn) = Journal::open(path, |v| {
-        let retryable = v.get("retryable").and_then(Value::as_bool).unwrap_or(false);
-        Some((v.get("key")?.as_str()?.to_string(), !retryable))
-    })?;
-    if torn > 0 {
-        tracing::warn!(file = %path.display(), bytes = torn, "cut a torn last line left by an interrupted run");
-    }
-    Ok(j)
-}
-
 fn client(a: &PrismArgs, base: Option<&str>) -> Client {
     Client::new(
         base.unwrap_or(&a.base_url),
@@ -198,8 +187,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<i32> {
 /// Stage 1: the captions of every sample (resumed from `captions.jsonl`).
 async fn stage1(a: &PrismArgs, samples: &[Sample]) -> anyhow::Result<HashMap<String, Vec<String>>> {
     let path = a.out.join("captions.jsonl");
-    let mut out = journal(&path)?;
-    let mut errors = journal(&a.out.join("captions.errors.jsonl"))?;
+    let mut out = Journal::open_keyed(&path, "key")?;
+    let mut errors = Journal::open_keyed(&a.out.join("captions.errors.jsonl"), "key")?;
     let client = client(a, a.caption_base_url.as_deref());
     let progress = Progress::new("prism captions");
     let todo: Vec<&Sample> = samples
@@ -214,7 +203,7 @@ async fn stage1(a: &PrismArgs, samples: &[Sample]) -> anyhow::Result<HashMap<Str
                 Ok(b) => b,
                 Err(e) => return (s, Err(json!({"key": s.key, "error": format!("cannot read {}: {e}", s.image.display()), "retryable": false}))),
             };
-            let url = format!("data:image;base64,{}", base64_simd::STANDARD.encode_to_string(&bytes));
+            let url = super::data_url(&bytes);
             drop(bytes);
             let body = json!({
                 "model": a.caption_model,
@@ -285,8 +274,8 @@ async fn stage2(
     samples: &[Sample],
     captions: &HashMap<String, Vec<String>>,
 ) -> anyhow::Result<()> {
-    let mut out = journal(&a.out.join("answers.jsonl"))?;
-    let mut errors = journal(&a.out.join("answers.errors.jsonl"))?;
+    let mut out = Journal::open_keyed(&a.out.join("answers.jsonl"), "key")?;
+    let mut errors = Journal::open_keyed(&a.out.join("answers.errors.jsonl"), "key")?;
     let client = client(a, a.eval_base_url.as_deref());
     let progress = Progress::new("prism answers");
     let mut todo = Vec::new();

@@ -49,6 +49,11 @@ impl Progress {
         self.started.elapsed()
     }
 
+    /// Items skipped so far (done by an earlier run).
+    pub fn skipped_count(&self) -> u64 {
+        self.skipped.get()
+    }
+
     pub fn skipped(&self, n: u64) {
         self.skipped.set(self.skipped.get() + n);
         self.update();

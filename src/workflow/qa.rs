@@ -20,7 +20,7 @@
 //! window counter); the option shuffles are seeded, so a run is reproducible.
 
 use super::client::{Client, Failure};
-use super::journal::{key_hash, Journal};
+use super::journal::Journal;
 use super::progress::Progress;
 use super::source::{self, Shard};
 use clap::{Args, Subcommand};
@@ -334,26 +334,12 @@ pub fn answer_prompt(question: &str, options: &[String], with_image: bool) -> St
     block
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn client(server: &ServerArgs, base: Option<&str>) -> Client {
     Client::new(
         base.unwrap_or(&server.base_url),
         server.api_key.clone(),
         Duration::from_secs_f64(server.request_timeout_secs),
         server.max_retries,
-    )
-}
-
-fn data_url(bytes: &[u8]) -> String {
-    format!(
-        "data:image;base64,{}",
-        base64_simd::STANDARD.encode_to_string(bytes)
     )
 }
 
@@ -369,17 +355,6 @@ fn read_lines(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result
             Ok(l) => Some(serde_json::from_str(&l).map_err(Into::into)),
             Err(e) => Some(Err(e.into())),
         }))
-}
-
-fn journal(path: &Path, key_field: &'static str) -> anyhow::Result<Journal> {
-    let (j, torn) = Journal::open(path, move |v| {
-        let retryable = v.get("retryable").and_then(Value::as_bool).unwrap_or(false);
-        Some((v.get(key_field)?.as_str()?.to_string(), !retryable))
-    })?;
-    if torn > 0 {
-        tracing::warn!(file = %path.display(), bytes = torn, "cut a torn last line left by an interrupted run");
-    }
-    Ok(j)
 }
 
 fn summary(step: &str, progress: &Progress, done: u64, skipped: u64, failed: u64, extra: &str) {
@@ -422,8 +397,8 @@ pub async fn run(args: QaArgs) -> anyhow::Result<i32> {
 async fn generate(a: &GenerateArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(a.server.concurrency > 0, "--concurrency must be positive");
     std::fs::create_dir_all(&a.step.out)?;
-    let mut out = journal(&a.step.out.join("generated.jsonl"), "image")?;
-    let mut errors = journal(&a.step.out.join("generated.errors.jsonl"), "image")?;
+    let mut out = Journal::open_keyed(&a.step.out.join("generated.jsonl"), "image")?;
+    let mut errors = Journal::open_keyed(&a.step.out.join("generated.errors.jsonl"), "image")?;
     let client = client(&a.server, a.generator_base_url.as_deref());
     let items = source::open(
         &a.images,
@@ -432,19 +407,7 @@ async fn generate(a: &GenerateArgs) -> anyhow::Result<i32> {
         Shard::parse(a.shard.as_deref())?,
     )?;
     let progress = Progress::new("qa generate");
-    let mut seen: HashSet<u128> = out.done_hashes().chain(errors.done_hashes()).collect();
-    let skipped = std::cell::Cell::new(0u64);
-    let todo = items.filter(|item| {
-        let fresh = match item {
-            Ok(i) => seen.insert(key_hash(&i.key)),
-            Err(_) => true,
-        };
-        if !fresh {
-            skipped.set(skipped.get() + 1);
-            progress.skipped(1);
-        }
-        std::future::ready(fresh)
-    });
+    let todo = super::fresh(items, &[&out, &errors], &progress);
     let client = &client;
     let mut results = todo
         .map(|item| async move {
@@ -483,7 +446,7 @@ async fn generate(a: &GenerateArgs) -> anyhow::Result<i32> {
                 "messages": [
                     {"role": "system", "content": GENERATE_SYSTEM},
                     {"role": "user", "content": [
-                        {"type": "image_url", "image_url": {"url": data_url(&bytes)}},
+                        {"type": "image_url", "image_url": {"url": super::data_url(&bytes)}},
                         {"type": "text", "text": GENERATE_USER},
                     ]},
                 ],
@@ -507,7 +470,7 @@ async fn generate(a: &GenerateArgs) -> anyhow::Result<i32> {
                             "finish_reason": resp.pointer("/choices/0/finish_reason"),
                             "model": resp.get("model"),
                             "usage": resp.get("usage"),
-                            "time": now(),
+                            "time": super::now(),
                         })),
                     ),
                     None => (
@@ -549,17 +512,24 @@ async fn generate(a: &GenerateArgs) -> anyhow::Result<i32> {
     }
     drop(results);
     progress.finish();
-    summary("generate", &progress, done, skipped.get(), failed, "");
+    summary(
+        "generate",
+        &progress,
+        done,
+        progress.skipped_count(),
+        failed,
+        "",
+    );
     Ok(0)
 }
 
 fn error_record(key: &str, message: &str, status: Option<u16>, retryable: bool) -> Value {
-    json!({"image": key, "error": message, "status": status, "retryable": retryable, "time": now()})
+    json!({"image": key, "error": message, "status": status, "retryable": retryable, "time": super::now()})
 }
 
 fn extract_step(a: &StepArgs) -> anyhow::Result<i32> {
     let progress = Progress::new("qa extract");
-    let mut out = journal(&a.out.join("extracted.jsonl"), "image")?;
+    let mut out = Journal::open_keyed(&a.out.join("extracted.jsonl"), "image")?;
     let (mut done, mut skipped, mut questions, mut dropped) = (0u64, 0u64, 0u64, 0u64);
     for record in read_lines(&a.out.join("generated.jsonl"))? {
         let record = record?;
@@ -614,8 +584,8 @@ struct Task {
 async fn answer(a: &AnswerArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(a.server.concurrency > 0, "--concurrency must be positive");
     anyhow::ensure!(a.rotate_num > 0, "--rotate-num must be positive");
-    let mut out = journal(&a.step.out.join("answers.jsonl"), "key")?;
-    let mut errors = journal(&a.step.out.join("answers.errors.jsonl"), "key")?;
+    let mut out = Journal::open_keyed(&a.step.out.join("answers.jsonl"), "key")?;
+    let mut errors = Journal::open_keyed(&a.step.out.join("answers.errors.jsonl"), "key")?;
     let client = client(&a.server, a.answer_base_url.as_deref());
     let progress = Progress::new("qa answer");
     let mut tasks = Vec::new();
@@ -681,7 +651,7 @@ async fn answer_one(a: &AnswerArgs, client: &Client, t: &Task) -> Result<Value, 
             false,
         )
     })?;
-    let url = data_url(&bytes);
+    let url = super::data_url(&bytes);
     drop(bytes);
     let mut rounds = Vec::new();
     let (mut visual, mut text) = (0u32, 0u32);
@@ -737,7 +707,7 @@ async fn answer_one(a: &AnswerArgs, client: &Client, t: &Task) -> Result<Value, 
         "text_accuracy": f64::from(text) / n,
         "seed": a.seed,
         "model": a.answer_model,
-        "time": now(),
+        "time": super::now(),
     }))
 }
 
@@ -747,7 +717,7 @@ fn filter(a: &FilterArgs) -> anyhow::Result<i32> {
     // an image is restored below); bounded by the number of images with answers.
     let mut by_image: std::collections::BTreeMap<String, Vec<(usize, Question)>> =
         Default::default();
-    let mut dropped = journal(&a.step.out.join("dropped.jsonl"), "key")?;
+    let mut dropped = Journal::open_keyed(&a.step.out.join("dropped.jsonl"), "key")?;
     let (mut kept, mut rejected) = (0u64, 0u64);
     let mut images: HashSet<String> = HashSet::new();
     for record in read_lines(&a.step.out.join("answers.jsonl"))? {

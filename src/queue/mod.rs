@@ -190,9 +190,8 @@ async fn run(
             }
         }
         let now = Instant::now();
-        expire(&mut waiting, now, &metrics, &model);
-        grant(&mut waiting, &members, now, &metrics);
-        bulk = waiting.keys().rev().take_while(|(b, _, _)| *b).count();
+        expire(&mut waiting, &mut bulk, now, &metrics, &model);
+        grant(&mut waiting, &mut bulk, &members, now, &metrics);
         metrics.set_queue_depth(&model, waiting.len() - bulk);
         metrics.set_bulk_queue_depth(&model, bulk);
     }
@@ -233,7 +232,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Drop tickets whose caller left; answer 429 to those past their wait.
-fn expire(waiting: &mut Line, now: Instant, metrics: &Metrics, model: &str) {
+/// `bulk` counts the batch tickets in `waiting`; every removal here keeps it true.
+fn expire(waiting: &mut Line, bulk: &mut usize, now: Instant, metrics: &Metrics, model: &str) {
     let done: Vec<(bool, i64, u64)> = waiting
         .iter()
         .filter(|(_, t)| t.reply.is_closed() || now >= t.deadline)
@@ -243,6 +243,7 @@ fn expire(waiting: &mut Line, now: Instant, metrics: &Metrics, model: &str) {
         let t = waiting
             .remove(&key)
             .expect("key taken from the map above; this is a bug");
+        *bulk -= usize::from(t.bulk);
         if t.reply.is_closed() {
             metrics.left_queue(model);
             tracing::debug!(parent: &t.span, "caller left the queue");
@@ -258,7 +259,7 @@ fn expire(waiting: &mut Line, now: Instant, metrics: &Metrics, model: &str) {
 /// Each ticket is placed on its own, seeing the load the leases before it added, so the policy
 /// decides where a burst goes. Stops at the first ticket no worker has room for: the line is
 /// served in order, never around its head.
-fn grant(waiting: &mut Line, members: &Members, now: Instant, metrics: &Metrics) {
+fn grant(waiting: &mut Line, bulk: &mut usize, members: &Members, now: Instant, metrics: &Metrics) {
     let model = members.model.as_str();
     // Bounded: each round grants one ticket or returns.
     while let Some(head) = waiting.first_entry() {
@@ -270,6 +271,7 @@ fn grant(waiting: &mut Line, members: &Members, now: Instant, metrics: &Metrics)
         let Some((worker, trial)) = members.choose(route, &head.get().avoid) else {
             if members.all_down() {
                 // Nobody will ever have room: fail everyone now rather than at their deadline.
+                *bulk = 0;
                 for (_, t) in std::mem::take(waiting) {
                     let err = GatewayError::NoWorker(model.to_string());
                     metrics.reject(model, &err);
@@ -279,6 +281,7 @@ fn grant(waiting: &mut Line, members: &Members, now: Instant, metrics: &Metrics)
             return;
         };
         let t = head.remove();
+        *bulk -= usize::from(t.bulk);
         let waited = now.duration_since(t.enqueued);
         metrics.waited_in_queue(model, waited);
         tracing::debug!(parent: &t.span, worker = %worker.url, trial, waited_ms = waited.as_millis() as u64, "admitted");

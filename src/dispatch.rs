@@ -153,7 +153,7 @@ pub struct Whole {
 /// Largest non-streamed answer accepted from a worker (n × max_tokens × logprobs can be big).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
-/// Read a document answer ([`UpstreamBody::Json`]) to its end within `deadline`. A body
+/// Read a document answer ([`crate::worker::UpstreamBody::Json`]) to its end within `deadline`. A body
 /// that breaks off counts against the worker. Used by the HTTP relay and the batch runner, so
 /// both return the same bytes.
 pub async fn read_whole(

@@ -245,7 +245,7 @@ impl Files {
         }
     }
 
-    /// Remove expired files, every [`SWEEP_EVERY`], until cancelled.
+    /// Remove expired files, every minute, until cancelled.
     pub async fn sweep(self, cancel: tokio_util::sync::CancellationToken) {
         loop {
             match self

@@ -2,7 +2,7 @@
 //!
 //! # The path of one request
 //! ```text
-//! POST /v1/chat/completions
+//! POST /v1/chat/completions (and /v1/completions: the same path, a text prompt)
 //!  ① http/        middleware: request id, span, metrics; the head (edge.rs: Host, a declared
 //!                 length over the limit); API key; body limit; the handler (chat.rs) owns
 //!                 what is HTTP: the record, the drain guard

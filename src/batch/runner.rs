@@ -228,6 +228,7 @@ async fn run_lines(
     // Stops line tasks that are still waiting for a worker: a line not yet admitted is not
     // started, and is reported as not executed.
     let halt = stop.child_token();
+    let endpoint = Endpoint::from_path(&b.endpoint).unwrap_or(Endpoint::Chat);
     let mut after = 0;
     let mut why = Stop::Done;
     'pages: loop {
@@ -258,7 +259,7 @@ async fn run_lines(
                 halt: halt.clone(),
                 expires,
                 batch_id: b.id.clone(),
-                endpoint: Endpoint::from_path(&b.endpoint).unwrap_or(Endpoint::Chat),
+                endpoint,
             };
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -298,8 +299,12 @@ async fn run_lines(
                 Stop::Expired
             } else if state.cancel.is_cancelled() {
                 Stop::Shutdown
-            } else {
+            } else if stop.is_cancelled() {
                 Stop::Cancelled
+            } else {
+                // Not stopped, yet lines did not run (the input could not be read back): leave
+                // the batch in progress, to resume at the next start, rather than end it.
+                anyhow::bail!("lines of batch {} could not be started", b.id);
             };
         }
     }

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 
-step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+# Each step says how much disk is left: a full disk is the one failure a log cannot explain later.
+step() { printf '\n== %s (%ss, %s free)\n' "$1" "$SECONDS" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')"; }
 
 quick() {
     step "quick: fmt, clippy, cargo test"

@@ -30,6 +30,8 @@
 #   PYTHON          interpreter for the venv (default: python3.11, else python3)
 #   VLLM_WHEELHOUSE wheels are downloaded here and installed from here
 #                   (default: ~/.cache/caprl-vllm/wheels); keep it between CI runs
+#   VLLM_KEEP_WHEELHOUSE=0  delete the wheelhouse once the venv passed the check
+#                   (it holds another ~3 GB; .ci/run sets it, its machine is new each time)
 #   PIP_INDEX_URL   package index (default: pip's configured index, else PyPI)
 set -euo pipefail
 # The whole script is one { ...; exit; } block: bash parses it before running
@@ -250,6 +252,10 @@ log "      done in $(( $(date +%s) - T ))s"
 log "[5/5] check: vllm imports, its CPU kernel library loads and runs, device_type == cpu"
 dev=$(check_vllm) || die "vllm import check failed in $VENV_DIR"
 echo "$STAMP_TEXT" >"$STAMP"
+if [[ "${VLLM_KEEP_WHEELHOUSE:-1}" == "0" ]]; then
+    log "deleting the wheelhouse $WHEELHOUSE ($(du -sh "$WHEELHOUSE" | cut -f1)): VLLM_KEEP_WHEELHOUSE=0"
+    rm -rf "$WHEELHOUSE"
+fi
 
 if [[ $RELOCK -eq 1 ]]; then
     {

@@ -30,6 +30,20 @@ pub enum GatewayError {
     /// No API key, or the wrong one.
     #[error("invalid or missing API key")]
     Unauthorized,
+    /// The key may not use this endpoint (the files and batch API).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The key is over one of its limits (`limit`: `requests`, `tokens`; OpenAI's `type`).
+    /// No `retry_after`: the request can never fit (more tokens than the whole limit).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        limit: &'static str,
+        retry_after: Option<Duration>,
+    },
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The requested model is not served here.
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
@@ -105,6 +119,9 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::ModelNotFound(_)
             | GatewayError::RouteNotFound(_)
             | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -136,8 +153,11 @@ impl GatewayError {
             | GatewayError::RouteNotFound(_)
             | GatewayError::NotFound { .. }
             | GatewayError::Conflict(_)
+            | GatewayError::PermissionDenied(_)
+            | GatewayError::RequestTimeout(_)
             | GatewayError::MethodNotAllowed => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
+            GatewayError::RateLimited { limit, .. } => limit,
             GatewayError::Overloaded { .. } => "rate_limit_error",
             GatewayError::ShuttingDown
             | GatewayError::NoWorker(_)
@@ -154,6 +174,9 @@ impl GatewayError {
             GatewayError::InvalidRequest { code, .. } => code.unwrap_or("invalid_request"),
             GatewayError::TooLarge { .. } => "payload_too_large",
             GatewayError::Unauthorized => "invalid_api_key",
+            GatewayError::PermissionDenied(_) => "permission_denied",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::RouteNotFound(_) | GatewayError::NotFound { .. } => "not_found",
             GatewayError::Conflict(_) => "conflict",
@@ -200,6 +223,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::Overloaded { retry_after, .. } => Some(*retry_after),
+            GatewayError::RateLimited { retry_after, .. } => *retry_after,
             GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -244,11 +268,25 @@ impl IntoResponse for GatewayError {
                 HeaderValue::from(after.as_millis() as u64),
             );
         }
-        // A conflict does not go away by itself: the openai client must not retry it.
-        if matches!(self, GatewayError::Conflict(_)) {
+        // A conflict, or a request larger than its key's whole token limit, does not go away
+        // by itself: the openai client must not retry it.
+        if matches!(
+            self,
+            GatewayError::Conflict(_)
+                | GatewayError::RateLimited {
+                    retry_after: None,
+                    ..
+                }
+        ) {
             response
                 .headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        // The body was not read to its end: the connection cannot carry another request.
+        if matches!(self, GatewayError::RequestTimeout(_)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         // Handlers log the cause; the response carries the error for the access log line.
         response.extensions_mut().insert(ErrorCode(self.code()));

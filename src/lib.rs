@@ -64,6 +64,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tenant;
 pub mod validate;
 pub mod worker;
 pub mod workflow;

@@ -29,6 +29,9 @@ pub enum RejectReason {
     TooLarge,
     ModelNotFound,
     Unauthorized,
+    Forbidden,
+    RateLimited,
+    RequestTimeout,
     QueueFull,
     QueueTimeout,
     NoWorker,
@@ -36,11 +39,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::BadRequest,
         RejectReason::TooLarge,
         RejectReason::ModelNotFound,
         RejectReason::Unauthorized,
+        RejectReason::Forbidden,
+        RejectReason::RateLimited,
+        RejectReason::RequestTimeout,
         RejectReason::QueueFull,
         RejectReason::QueueTimeout,
         RejectReason::NoWorker,
@@ -54,6 +60,9 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::ModelNotFound => "model_not_found",
             RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::RequestTimeout => "request_timeout",
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::NoWorker => "no_worker",
@@ -71,6 +80,9 @@ impl RejectReason {
             GatewayError::TooLarge { .. } => RejectReason::TooLarge,
             GatewayError::ModelNotFound(_) => RejectReason::ModelNotFound,
             GatewayError::Unauthorized => RejectReason::Unauthorized,
+            GatewayError::PermissionDenied(_) => RejectReason::Forbidden,
+            GatewayError::RateLimited { .. } => RejectReason::RateLimited,
+            GatewayError::RequestTimeout(_) => RejectReason::RequestTimeout,
             GatewayError::Overloaded { .. } => RejectReason::QueueFull,
             GatewayError::NoWorker(_) => RejectReason::NoWorker,
             GatewayError::ShuttingDown => RejectReason::ShuttingDown,
@@ -113,6 +125,7 @@ impl Outcome {
     pub fn from_error(err: &GatewayError) -> Outcome {
         match err {
             GatewayError::Overloaded { .. }
+            | GatewayError::RateLimited { .. }
             | GatewayError::ShuttingDown
             | GatewayError::NoWorker(_) => Outcome::Rejected,
             e if e.status().is_client_error() => Outcome::ClientError,
@@ -217,6 +230,31 @@ pub struct Metrics {
     pub batch_lines: IntCounterVec,
     /// Bytes the files API holds on disk (uploads and batch output).
     pub files_bytes: IntGaugeVec,
+    /// Client connections open now, and accepted in all.
+    pub connections_open: IntGaugeVec,
+    pub connections: IntCounterVec,
+    /// `/v1` requests by API key name (`key`: a name from the keys file, never the secret).
+    pub key_requests: IntCounterVec,
+    /// Requests refused by a key's limit, by key and limit (`requests`, `tokens`,
+    /// `concurrency`).
+    pub key_rate_limited: IntCounterVec,
+    /// Tokens charged to a key (the worker's usage; the estimate where none came), by kind.
+    pub key_tokens: IntCounterVec,
+    /// Requests of a key in flight.
+    pub key_in_flight: IntGaugeVec,
+    /// API keys in force.
+    pub keys: IntGaugeVec,
+    /// Reloads of the keys file by outcome (`ok`; `error`: the old keys stayed).
+    pub keys_reloads: IntCounterVec,
+}
+
+/// Holds one open connection in `connections_open`; dropped when the connection ends.
+pub struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -395,7 +433,102 @@ impl Metrics {
                 "Bytes the files API holds on disk (uploads and batch output).",
                 &[],
             ),
+            connections_open: gauge(
+                "connections_open",
+                "Client connections open now.",
+                &[],
+            ),
+            connections: counter(
+                "connections_total",
+                "Client connections accepted.",
+                &[],
+            ),
+            key_requests: counter(
+                "key_requests_total",
+                "API requests by key name.",
+                &["key"],
+            ),
+            key_rate_limited: counter(
+                "key_rate_limited_total",
+                "Requests refused by a key's limit, by key and limit (requests, tokens, concurrency).",
+                &["key", "limit"],
+            ),
+            key_tokens: counter(
+                "key_tokens_total",
+                "Tokens charged to a key, by kind (prompt, completion).",
+                &["key", "kind"],
+            ),
+            key_in_flight: gauge(
+                "key_in_flight",
+                "Requests of a key in flight.",
+                &["key"],
+            ),
+            keys: gauge("keys", "API keys in force.", &[]),
+            keys_reloads: counter(
+                "keys_reloads_total",
+                "Reloads of the keys file by outcome (ok, error: the keys in force stayed).",
+                &["outcome"],
+            ),
             registry,
+        }
+    }
+
+    /// A connection was accepted: counted, and open until the guard drops.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.with_label_values(&[] as &[&str]).inc();
+        let open = self.connections_open.with_label_values(&[] as &[&str]);
+        open.inc();
+        OpenConnection(open)
+    }
+
+    /// A `/v1` request authenticated as `key`.
+    pub fn key_request(&self, key: &str) {
+        self.key_requests.with_label_values(&[key]).inc();
+    }
+
+    /// A request of `key` refused by its `limit` (`requests`, `tokens`, `concurrency`).
+    pub fn key_limited(&self, key: &str, limit: &str) {
+        self.key_rate_limited.with_label_values(&[key, limit]).inc();
+    }
+
+    /// Tokens charged to `key` when its request finished.
+    pub fn key_tokens(&self, key: &str, prompt: u64, completion: u64) {
+        self.key_tokens
+            .with_label_values(&[key, "prompt"])
+            .inc_by(prompt);
+        self.key_tokens
+            .with_label_values(&[key, "completion"])
+            .inc_by(completion);
+    }
+
+    /// The in-flight gauge of `key`, looked up once per key.
+    pub fn key_in_flight(&self, key: &str) -> prometheus::IntGauge {
+        self.key_in_flight.with_label_values(&[key])
+    }
+
+    /// `n` keys are in force.
+    pub fn keys_loaded(&self, n: usize) {
+        self.keys
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The keys file was reloaded (`ok`) or refused (`error`).
+    pub fn keys_reloaded(&self, ok: bool) {
+        self.keys_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// A key left the keys file: its series go too, so the label stays bounded by the file.
+    pub fn forget_key(&self, key: &str) {
+        let _ = self.key_requests.remove_label_values(&[key]);
+        let _ = self.key_in_flight.remove_label_values(&[key]);
+        for kind in ["prompt", "completion"] {
+            let _ = self.key_tokens.remove_label_values(&[key, kind]);
+        }
+        for limit in ["requests", "tokens", "concurrency"] {
+            let _ = self.key_rate_limited.remove_label_values(&[key, limit]);
         }
     }
 
@@ -612,6 +745,9 @@ mod tests {
                 "too_large",
                 "model_not_found",
                 "unauthorized",
+                "forbidden",
+                "rate_limited",
+                "request_timeout",
                 "queue_full",
                 "queue_timeout",
                 "no_worker",
@@ -631,6 +767,22 @@ mod tests {
                 Some("model_not_found"),
             ),
             (GatewayError::Unauthorized, Some("unauthorized")),
+            (
+                GatewayError::PermissionDenied("no".into()),
+                Some("forbidden"),
+            ),
+            (
+                GatewayError::RateLimited {
+                    message: "slow down".into(),
+                    limit: "requests",
+                    retry_after: None,
+                },
+                Some("rate_limited"),
+            ),
+            (
+                GatewayError::RequestTimeout("late".into()),
+                Some("request_timeout"),
+            ),
             (
                 GatewayError::Overloaded {
                     message: "full".into(),

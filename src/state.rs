@@ -12,6 +12,7 @@ use crate::pool::{probe, HealthPolicy, Members, Worker};
 use crate::queue::QueueHandle;
 use crate::shutdown::Drain;
 use crate::store::{self, sqlite::Sqlite};
+use crate::tenant::{Caller, Tenants};
 use crate::validate::{
     validate_chat, validate_completion, Endpoint, ValidRequest, ValidateOptions,
 };
@@ -71,6 +72,8 @@ pub struct Inner {
     pub created: u64,
     /// The files and batch APIs; None without `--data-dir`.
     pub batches: Option<Batches>,
+    /// The API keys and their limits.
+    pub tenants: Arc<Tenants>,
     /// Every background task (queues, probes, discovery, batch runners); stopped by `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
@@ -173,6 +176,17 @@ impl AppState {
                 ))
             }
         };
+        let tenants = Arc::new(Tenants::load(
+            config.server.api_key.as_deref(),
+            config.server.keys_file.clone(),
+            config.server.rate_limit_replicas,
+            metrics.clone(),
+        )?);
+        tasks.spawn(
+            tenants
+                .clone()
+                .watch(config.server.keys_reload(), cancel.clone()),
+        );
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -185,6 +199,7 @@ impl AppState {
             drain: Arc::new(Drain::default()),
             created,
             batches,
+            tenants,
             tasks,
             cancel,
         }));
@@ -194,16 +209,27 @@ impl AppState {
         Ok(state)
     }
 
-    /// Check a request body as its endpoint does (the batch runner checks each line with it
-    /// too): a [`ValidRequest`] or the error to answer.
+    /// Check a request body as its endpoint does, for any caller (every served model).
     pub fn validate(
         &self,
         endpoint: Endpoint,
         body: bytes::Bytes,
     ) -> Result<ValidRequest, GatewayError> {
+        self.validate_as(endpoint, body, &Caller::default())
+    }
+
+    /// Check a request body as its endpoint does, for `caller` (the batch runner checks each
+    /// line as the batch's owner): a [`ValidRequest`] or the error to answer. A model the
+    /// caller's key may not use is not served, as far as the caller can tell.
+    pub fn validate_as(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+        caller: &Caller,
+    ) -> Result<ValidRequest, GatewayError> {
         let opts = ValidateOptions {
             limits: &self.config.limits,
-            is_served: &|m| self.pools.contains_key(m),
+            is_served: &|m| self.pools.contains_key(m) && caller.may_use(m),
             keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
             image_rejected: &|format| self.metrics.image_rejected(format),
             read_file: &|id| self.read_image_file(id),

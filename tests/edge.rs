@@ -1,6 +1,7 @@
 //! The gateway's edge, over raw TCP: what it refuses from the request head alone (a declared
-//! length over the limit, a bad `Host`) and the request bodies it refuses before a worker
-//! sees them. The app runs in-process on 127.0.0.1:0 through `serve::run`, in front of an
+//! length over the limit, a bad `Host`, a head too large), the request bodies it refuses before
+//! a worker sees them, and the clients it cuts off: a head or a body that does not arrive in
+//! time, an idle keep-alive connection, connections past the bound. The app runs in-process on 127.0.0.1:0 through `serve::run`, in front of an
 //! in-process fake worker whose request counter proves that nothing refused reached it.
 
 use caprl_gateway::config;
@@ -20,6 +21,7 @@ const MAX_RESPONSE: usize = 1 << 20;
 struct Setup {
     gateway: SocketAddr,
     worker: FakeWorker,
+    state: AppState,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -47,8 +49,9 @@ impl Setup {
             .expect("bind");
         let gateway = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run_state = state.clone();
         tokio::spawn(async move {
-            let _ = caprl_gateway::serve::run(state, listener, async {
+            let _ = caprl_gateway::serve::run(run_state, listener, async {
                 let _ = stopped.await;
             })
             .await;
@@ -56,6 +59,7 @@ impl Setup {
         let setup = Setup {
             gateway,
             worker,
+            state,
             _stop: stop,
         };
         setup.wait_ready().await;
@@ -412,4 +416,190 @@ async fn bodies_a_worker_cannot_read_are_refused_with_the_field() {
         assert_eq!(t.worker_requests(), 0, "{case} reached the worker");
     }
     t.good_request_succeeds().await;
+}
+
+/// Whether the gateway closed `s` (EOF or reset) within `limit`, reading and dropping anything
+/// it sent first.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+fn open_connections(t: &Setup) -> i64 {
+    t.state
+        .metrics
+        .connections_open
+        .with_label_values(&[] as &[&str])
+        .get()
+}
+
+#[tokio::test]
+async fn a_head_that_does_not_arrive_in_time_and_an_idle_keep_alive_are_closed() {
+    let t = Setup::start(&["--header-read-timeout-secs", "0.3"]).await;
+    // Half a head, then nothing: cut off, while a normal request is served meanwhile.
+    let mut slow = TcpStream::connect(t.gateway).await.expect("connect");
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .expect("write");
+    t.good_request_succeeds().await;
+    assert!(closed_within(&mut slow, Duration::from_secs(5)).await);
+    // A byte at a time, each in time for a per-read timeout but not for the head's deadline.
+    let mut trickle = TcpStream::connect(t.gateway).await.expect("connect");
+    let started = Instant::now();
+    let mut cut = false;
+    for b in b"GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if trickle.write_all(&[*b]).await.is_err() || started.elapsed() > Duration::from_secs(5) {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cut || closed_within(&mut trickle, Duration::from_secs(5)).await);
+    // A keep-alive connection that answered one request and then sits idle is closed.
+    let mut idle = TcpStream::connect(t.gateway).await.expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    assert_eq!(
+        t.worker_requests(),
+        1,
+        "only the good request reached the worker"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_or_trickles_gets_408_and_the_connection_closes() {
+    let t = Setup::start(&[
+        "--body-read-timeout-secs",
+        "0.3",
+        "--min-body-bytes-per-sec",
+        "1KiB",
+    ])
+    .await;
+    let body = br#"{"model":"caprl","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Stalled: the head promises the body, a third of it arrives, then nothing.
+    let full = request("t", body);
+    let cut = full.len() - body.len() * 2 / 3;
+    let mut stalled = TcpStream::connect(t.gateway).await.expect("connect");
+    stalled.write_all(&full[..cut]).await.expect("write");
+    let r = read_response(&mut stalled).await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v["error"]["code"], "request_timeout");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+
+    // Trickled: a byte every 50 ms is far below 1 KiB/s; the deadline (0.3 s plus 1 ms a
+    // byte) passes long before the body is complete.
+    let trickle = TcpStream::connect(t.gateway).await.expect("connect");
+    let (mut rx, mut tx) = trickle.into_split();
+    let head_len = full.len() - body.len();
+    tx.write_all(&full[..head_len]).await.expect("write");
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Bounded by the read timeout: the 408 comes long before.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tokio::time::timeout(READ_TIMEOUT, rx.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                other => panic!("no answer to the trickle: {other:?}"),
+            }
+        }
+        String::from_utf8_lossy(&buf)
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    });
+    for b in &full[head_len..] {
+        if tx.write_all(&[*b]).await.is_err() || reader.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = reader.await.expect("reader");
+    assert_eq!(status, "408");
+    assert_eq!(t.worker_requests(), 0, "no partial body reached the worker");
+    t.good_request_succeeds().await;
+    let v = t
+        .state
+        .metrics
+        .rejections
+        .with_label_values(&["", "request_timeout"])
+        .get();
+    assert_eq!(v, 2);
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431() {
+    let t = Setup::start(&["--max-header-bytes", "16KiB"]).await;
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 << 10)
+    );
+    let mut s = TcpStream::connect(t.gateway).await.expect("connect");
+    // The gateway may answer and close before it has read everything: a write error is fine.
+    let _ = s.write_all(big.as_bytes()).await;
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    let ok = exchange(
+        t.gateway,
+        format!(
+            "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(8 << 10)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "a head under the bound is served");
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_until_one_closes() {
+    let t = Setup::start(&["--max-connections", "2"]).await;
+    let wait_open = |n: i64| {
+        let t = &t;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while open_connections(t) != n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            open_connections(t)
+        }
+    };
+    assert_eq!(wait_open(0).await, 0);
+    let a = TcpStream::connect(t.gateway).await.expect("connect");
+    let mut b = TcpStream::connect(t.gateway).await.expect("connect");
+    assert_eq!(wait_open(2).await, 2);
+    // The third is accepted by the kernel, not by the gateway: its request is not answered
+    // while both slots are taken...
+    let mut c = TcpStream::connect(t.gateway).await.expect("connect");
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+    assert!(early.is_err(), "answered past the connection bound");
+    assert_eq!(open_connections(&t), 2);
+    // ... and is as soon as one of them closes.
+    drop(a);
+    let r = read_response(&mut c).await;
+    assert_eq!(r.status, 200);
+    b.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut b).await.status, 200);
+    drop((b, c));
+    assert_eq!(wait_open(0).await, 0, "every connection's slot came back");
 }

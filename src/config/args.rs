@@ -66,9 +66,51 @@ pub struct ServerArgs {
     #[arg(long = "worker", env = "CAPRL_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
 
-    /// When set, every /v1 request needs `Authorization: Bearer KEY`.
+    /// When set, every /v1 request needs `Authorization: Bearer KEY`. The simple case of
+    /// `--keys-file`: one key, every model, no limits (named `default` in logs and metrics).
     #[arg(long, env = "CAPRL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// API keys, each with a name, its models, its limits and whether it may use the files
+    /// and batch endpoints (TOML; docs/KEYS.md). Re-read on SIGHUP and when its content
+    /// changes; a file that fails to parse keeps the keys already loaded.
+    #[arg(long, env = "CAPRL_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// How often the keys file is checked for changes (a Kubernetes Secret mounted as a file
+    /// is updated in place, with no signal).
+    #[arg(long, env = "CAPRL_KEYS_RELOAD_SECS", default_value_t = 5.0)]
+    pub keys_reload_secs: f64,
+
+    /// Gateway replicas sharing the keys' limits: each enforces its share (limit / N), so
+    /// the fleet holds the limit when clients are spread over the replicas (docs/KEYS.md).
+    #[arg(long, env = "CAPRL_RATE_LIMIT_REPLICAS", default_value_t = 1)]
+    pub rate_limit_replicas: u32,
+
+    /// Longest a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open waiting for its next request (HTTP/1).
+    #[arg(long, env = "CAPRL_HEADER_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub header_read_timeout_secs: f64,
+
+    /// A request body must arrive within this many seconds, plus one second for every
+    /// `--min-body-bytes-per-sec` it carries: a client trickling bytes is cut off (408), a
+    /// large upload at a sane rate is not.
+    #[arg(long, env = "CAPRL_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub body_read_timeout_secs: f64,
+
+    /// The slowest upload rate (bytes per second) the body deadline allows for.
+    #[arg(long, env = "CAPRL_MIN_BODY_BYTES_PER_SEC", default_value = "64KiB", value_parser = parse_bytes)]
+    pub min_body_bytes_per_sec: u64,
+
+    /// Largest request head (request line and headers, HTTP/1; the header list, HTTP/2);
+    /// larger heads get 431.
+    #[arg(long, env = "CAPRL_MAX_HEADER_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_header_bytes: u64,
+
+    /// Most client connections open at once; past it new connections wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(long, env = "CAPRL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
 
     /// Log line format: `text` for people, `json` for clusters.
     #[arg(long, env = "CAPRL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -89,6 +131,14 @@ impl fmt::Debug for ServerArgs {
             .field("served_model_name", &self.served_model_name)
             .field("workers", &self.workers)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keys_file", &self.keys_file)
+            .field("keys_reload_secs", &self.keys_reload_secs)
+            .field("rate_limit_replicas", &self.rate_limit_replicas)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("body_read_timeout_secs", &self.body_read_timeout_secs)
+            .field("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
             .field("log_format", &self.log_format)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .finish()
@@ -363,6 +413,18 @@ macro_rules! defaults_from_clap {
     )*};
 }
 defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs, BatchArgs);
+
+impl ServerArgs {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_read_timeout_secs)
+    }
+    pub fn keys_reload(&self) -> Duration {
+        Duration::from_secs_f64(self.keys_reload_secs)
+    }
+}
 
 impl PoolArgs {
     pub fn queue_timeout(&self) -> Duration {

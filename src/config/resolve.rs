@@ -60,6 +60,42 @@ impl ServeArgs {
                 "must be zero or more",
             ));
         }
+        let sv = &self.server;
+        for (field, secs) in [
+            ("server.keys_reload_secs", sv.keys_reload_secs),
+            (
+                "server.header_read_timeout_secs",
+                sv.header_read_timeout_secs,
+            ),
+            ("server.body_read_timeout_secs", sv.body_read_timeout_secs),
+        ] {
+            // Durations are built from these; NaN, infinite or non-positive ones panic there.
+            if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+                return Err(config_error(field, "must be a positive number of seconds"));
+            }
+        }
+        if sv.rate_limit_replicas == 0 {
+            return Err(config_error(
+                "server.rate_limit_replicas",
+                "must be at least 1",
+            ));
+        }
+        if sv.min_body_bytes_per_sec == 0 {
+            return Err(config_error(
+                "server.min_body_bytes_per_sec",
+                "must be positive",
+            ));
+        }
+        if sv.max_header_bytes < 8192 {
+            // hyper's smallest read buffer; a real client's head (auth, user agent) fits.
+            return Err(config_error(
+                "server.max_header_bytes",
+                "must be at least 8KiB",
+            ));
+        }
+        if sv.max_connections == 0 {
+            return Err(config_error("server.max_connections", "must be positive"));
+        }
         if self.server.api_key.as_deref() == Some("") {
             return Err(config_error("server.api_key", "must not be empty when set"));
         }

@@ -9,6 +9,7 @@ use super::relay::{self, Guards};
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::tenant::Caller;
 use crate::validate::Endpoint;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -19,23 +20,26 @@ use tokio::time::Instant;
 pub async fn chat(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     body: Result<RawBody, GatewayError>,
 ) -> Response {
-    handle(state, id, body, Endpoint::Chat).await
+    handle(state, id, caller, body, Endpoint::Chat).await
 }
 
 /// `POST /v1/completions`: text prompts, through the same validation, queue and workers.
 pub async fn completions(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     body: Result<RawBody, GatewayError>,
 ) -> Response {
-    handle(state, id, body, Endpoint::Completions).await
+    handle(state, id, caller, body, Endpoint::Completions).await
 }
 
 async fn handle(
     state: AppState,
     id: RequestId,
+    caller: Caller,
     body: Result<RawBody, GatewayError>,
     endpoint: Endpoint,
 ) -> Response {
@@ -48,8 +52,8 @@ async fn handle(
     let mut model_hint = String::new();
     let req = match body.and_then(|RawBody(bytes)| {
         state
-            .validate(endpoint, bytes.clone())
-            .inspect_err(|_| model_hint = served_model(&state, &bytes))
+            .validate_as(endpoint, bytes.clone(), &caller)
+            .inspect_err(|_| model_hint = served_model(&state, &caller, &bytes))
     }) {
         Ok(req) => req,
         Err(err) => {
@@ -62,7 +66,23 @@ async fn handle(
         .pools
         .get(&req.model)
         .expect("validation only passes served models; this is a bug");
+    // The key's concurrency slot and its estimated tokens, settled from the usage when the
+    // record finishes.
+    let charge = match caller
+        .0
+        .as_ref()
+        .map(|t| t.limiter().admit(req.token_cost()))
+    {
+        None => None,
+        Some(Ok(charge)) => Some(charge),
+        Some(Err(err)) => {
+            state.metrics.reject(&req.model, &err);
+            tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
+            return err.into_response();
+        }
+    };
     let mut record = RequestRecord::new(&state, &id, &req, started);
+    record.charge(caller.0.clone(), charge);
     let deadline = started + pool.request_timeout();
     match send_with_failover(pool, &req, id.as_str(), deadline).await {
         Ok((upstream, lease)) => {
@@ -79,7 +99,7 @@ async fn handle(
 
 /// On the error path only: the request's model when it is one we serve (a bounded label),
 /// else empty.
-fn served_model(state: &AppState, body: &[u8]) -> String {
+fn served_model(state: &AppState, caller: &Caller, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Peek {
         model: Option<String>,
@@ -87,6 +107,6 @@ fn served_model(state: &AppState, body: &[u8]) -> String {
     serde_json::from_slice::<Peek>(body)
         .ok()
         .and_then(|p| p.model)
-        .filter(|m| state.pools.contains_key(m))
+        .filter(|m| state.pools.contains_key(m) && caller.may_use(m))
         .unwrap_or_default()
 }

@@ -1,13 +1,15 @@
 //! Checks on the request head, before routing and before any byte of the body is read: the
 //! `Host` header (RFC 9112 §3.2) and a declared `Content-Length` over `max_body_bytes`. Both
-//! are answered here with the OpenAI envelope; everything else goes on to the router, where
-//! `extract::RawBody` reads the body (and refuses a chunked one once it passes the limit).
+//! are answered here with the OpenAI envelope; everything else goes on to the router, with its
+//! body under a deadline (`deadline`), where `extract::RawBody` reads the body (and refuses a
+//! chunked one once it passes the limit).
 //!
 //! Why here and not in the body extractor: hyper sends `100 Continue` when the body is first
 //! polled, and axum's limit is checked while reading, so a request with `Expect: 100-continue`
 //! and a 100 GB length was invited to send and read for 64 MiB before its 413, and a 64 MiB + 1
 //! length with no body hung. This layer answers from the head alone.
 
+use super::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::metrics::RejectReason;
 use crate::state::AppState;
@@ -57,6 +59,12 @@ pub async fn check_head(State(state): State<AppState>, req: Request, next: Next)
     // hyper's size hint is the declared Content-Length (0 for a chunked body).
     let declared = req.body().size_hint().lower();
     if declared <= limit {
+        if req.body().is_end_stream() {
+            return next.run(req).await;
+        }
+        let server = &state.config.server;
+        let (base, rate) = (server.body_read_timeout(), server.min_body_bytes_per_sec);
+        let req = req.map(|body| Body::new(Deadline::new(body, base, rate)));
         return next.run(req).await;
     }
     reject(&state, RejectReason::TooLarge);

@@ -20,10 +20,20 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
                     None,
                 ))
             }
+            Err(rejection) if super::deadline::is_timeout(&rejection) => Err(body_timeout()),
             Err(rejection) => Err(GatewayError::invalid(
                 format!("cannot read the request body: {}", rejection.body_text()),
                 None,
             )),
         }
     }
+}
+
+/// The answer to a body that did not arrive in time (see `deadline`).
+pub fn body_timeout() -> GatewayError {
+    GatewayError::RequestTimeout(
+        "the request body did not arrive in time (body_read_timeout_secs, \
+         min_body_bytes_per_sec)"
+            .into(),
+    )
 }

@@ -50,7 +50,9 @@ pub fn object(f: &FileRow) -> Value {
 }
 
 fn multipart_error(e: MultipartError) -> GatewayError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if super::deadline::is_timeout(&e) {
+        super::extract::body_timeout()
+    } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         GatewayError::too_large(
             "the upload exceeds the gateway's max_file_bytes",
             Some("file".into()),

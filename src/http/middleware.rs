@@ -72,28 +72,51 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     resp
 }
 
-/// `/v1/*` only: when an API key is configured, require `Authorization: Bearer KEY`.
-pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(key) = state.config.server.api_key.as_deref() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            let err = GatewayError::Unauthorized;
+/// `/v1/*` only: who is calling ([`crate::tenant`]). When keys are configured the request
+/// needs `Authorization: Bearer KEY` (401 otherwise); a key without `files_and_batches` may
+/// not use those endpoints (403); the request counts against the key's requests per minute
+/// (429 past it). The caller rides in the request's extensions, and the answer carries
+/// OpenAI's `x-ratelimit-*` headers for the limits the key has.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let caller = match state.tenants.authenticate(authorization) {
+        Ok(caller) => caller,
+        Err(err) => {
             state.metrics.reject("", &err);
             return err.into_response();
         }
+    };
+    let Some(tenant) = caller.0.clone() else {
+        req.extensions_mut().insert(caller);
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let bulk_api = ["/v1/files", "/v1/batches"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if bulk_api && !tenant.files_and_batches() {
+        let err = GatewayError::PermissionDenied(format!(
+            "the key `{}` may not use the files and batch API",
+            tenant.name()
+        ));
+        state.metrics.reject("", &err);
+        return err.into_response();
     }
-    next.run(req).await
-}
-
-/// Compare without leaking, through timing, how much of the key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (requests, allowed) = tenant.limiter().request();
+    let mut resp = match allowed {
+        Ok(()) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(err) => {
+            state.metrics.reject("", &err);
+            err.into_response()
+        }
+    };
+    tenant.limiter().write_headers(requests, resp.headers_mut());
+    resp
 }

@@ -4,11 +4,12 @@
 //!
 //! The path of a chat request through this module: `middleware::observe` (request id, span,
 //! metrics) → `edge::check_head` (`Host`, a declared length over the limit) →
-//! `middleware::require_key` (when a key is set) → `extract::RawBody` (body limit) →
+//! `middleware::authenticate` (the caller's key and its request limit) → `extract::RawBody` (body limit) →
 //! `chat::completions` (validate, queue, send) → `relay` (the answer, whole or streamed).
 
 mod batches;
 mod chat;
+mod deadline;
 mod edge;
 mod extract;
 mod files;
@@ -42,10 +43,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::retrieve))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        // Only the API needs the key; probes and scrapes do not.
+        // Only the API needs a key; probes and scrapes do not.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::require_key,
+            middleware::authenticate,
         ));
     Router::new()
         .merge(v1)

@@ -4,10 +4,11 @@
 use crate::api::models::ModelList;
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::tenant::Caller;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 /// 200 while the process serves; says nothing about workers (a restart would not help them).
 pub async fn health() -> StatusCode {
@@ -42,8 +43,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList::new(state.pools.keys().cloned(), state.created))
+/// `GET /v1/models`: the served models the caller's key may use.
+pub async fn models(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<ModelList> {
+    let visible = state.pools.keys().filter(|m| caller.may_use(m)).cloned();
+    Json(ModelList::new(visible, state.created))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

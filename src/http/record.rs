@@ -8,8 +8,11 @@ use crate::api::chat::Usage;
 use crate::metrics::Metrics;
 pub use crate::metrics::Outcome;
 use crate::state::AppState;
+use crate::tenant::limits::Charge;
+use crate::tenant::Tenant;
 use crate::validate::ValidRequest;
 use axum::http::StatusCode;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 #[derive(Debug)]
@@ -21,6 +24,8 @@ pub struct RequestRecord {
     images: String,
     pub worker: Option<String>,
     metrics: Metrics,
+    /// The caller's key and what the request holds of its limits, settled at the finish.
+    tenant: Option<(Arc<Tenant>, Option<Charge>)>,
     finished: bool,
 }
 
@@ -61,8 +66,14 @@ impl RequestRecord {
             images,
             worker: None,
             metrics: metrics.clone(),
+            tenant: None,
             finished: false,
         }
+    }
+
+    /// The request runs under `tenant`'s key, holding `charge` of its limits.
+    pub fn charge(&mut self, tenant: Option<Arc<Tenant>>, charge: Option<Charge>) {
+        self.tenant = tenant.map(|t| (t, charge));
     }
 
     pub fn started(&self) -> Instant {
@@ -81,6 +92,22 @@ impl RequestRecord {
         let elapsed = self.started.elapsed();
         self.metrics
             .request_finished(&self.model, outcome, self.stream, elapsed, usage.as_ref());
+        if let Some((tenant, charge)) = &mut self.tenant {
+            // Tokens are settled when the worker said what it used, or when it was never
+            // reached (refused: nothing used); otherwise the estimate stays charged.
+            let used = match (usage, outcome) {
+                (Some(u), _) => Some(u.prompt_tokens + u.completion_tokens),
+                (None, Outcome::Rejected) => Some(0),
+                (None, _) => None,
+            };
+            if let (Some(used), Some(charge)) = (used, charge.as_mut()) {
+                charge.settle(used);
+            }
+            if let Some(u) = usage {
+                self.metrics
+                    .key_tokens(tenant.name(), u.prompt_tokens, u.completion_tokens);
+            }
+        }
         let usage = usage.unwrap_or_default();
         tracing::info!(
             request_id = %self.id,

@@ -3,9 +3,12 @@
 //! # The path of one request
 //! ```text
 //! POST /v1/chat/completions (and /v1/completions: the same path, a text prompt)
+//!  ⓪ serve.rs     the accept loop: connection bound, head deadline and size (hyper)
 //!  ① http/        middleware: request id, span, metrics; the head (edge.rs: Host, a declared
-//!                 length over the limit); API key; body limit; the handler (chat.rs) owns
-//!                 what is HTTP: the record, the drain guard
+//!                 length over the limit; deadline.rs: the body's deadline); the caller
+//!                 (tenant/: its key, its requests per minute); body limit; the handler
+//!                 (chat.rs) owns what is HTTP: the record, the key's tokens and concurrency
+//!                 slot, the drain guard
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
 //!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
 //!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the
@@ -41,6 +44,7 @@
 //! - [`config`]: the clap/TOML configuration (`args.rs`), validated once at start-up into
 //!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
+//! - [`tenant`]: API keys (a reloadable keys file) and each key's limits on this replica.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
 //! - [`workflow`]: the CapRL workflows as commands (`caprl-gateway caption`): OpenAI clients
 //!   of the gateway or of any OpenAI-compatible server, resumable, with progress.

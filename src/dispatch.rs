@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 use crate::pool::Lease;
 use crate::state::Pool;
 use crate::validate::ValidRequest;
-use crate::worker::http::set_model;
+use crate::worker::http::renamed;
 use crate::worker::{Fault, SendError, SendLimits, Upstream};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
@@ -177,15 +177,11 @@ pub async fn read_whole(
     };
     let mut usage = None;
     let body = if status.is_success() {
-        match serde_json::from_slice::<ResponsePeek<'_>>(&body) {
-            Ok(peek) => {
-                usage = peek.usage;
-                match peek.model.as_deref() {
-                    Some(m) if m != model => set_model(&body, model).unwrap_or(body),
-                    _ => body,
-                }
-            }
-            Err(_) => body,
+        let peek = serde_json::from_slice::<ResponsePeek<'_>>(&body).ok();
+        usage = peek.as_ref().and_then(|p| p.usage);
+        match renamed(&body, peek.as_ref(), model) {
+            Some(renamed) => renamed,
+            None => body,
         }
     } else {
         body

@@ -107,16 +107,7 @@ pub async fn send(
         });
     }
     if req.stream {
-        let model = req.model.clone();
-        let events = resp
-            .bytes_stream()
-            .eventsource()
-            .map(move |event| match event {
-                Ok(e) if e.data == "[DONE]" => Ok(StreamEvent::Done),
-                Ok(e) => Ok(StreamEvent::Chunk(chunk(e.data, &model))),
-                Err(e) => Err(format!("worker stream broke: {e}")),
-            })
-            .boxed();
+        let events = decode_events(resp.bytes_stream(), req.model.clone()).boxed();
         return Ok(Upstream {
             status,
             body: UpstreamBody::Events(events),
@@ -147,15 +138,32 @@ pub fn classify_5xx(status: StatusCode) -> (bool, Fault) {
     }
 }
 
+/// A worker's SSE body as typed events: each `data:` payload parsed once into a [`Chunk`]
+/// (with `model` set to `requested_model`), `[DONE]` as [`StreamEvent::Done`]. Public for the
+/// fuzz targets (tests/fuzz), which feed it the same way.
+pub fn decode_events<S, B, E>(
+    body: S,
+    requested_model: String,
+) -> impl futures::Stream<Item = Result<StreamEvent, String>>
+where
+    S: futures::Stream<Item = Result<B, E>>,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    body.eventsource().map(move |event| match event {
+        Ok(e) if e.data == "[DONE]" => Ok(StreamEvent::Done),
+        Ok(e) => Ok(StreamEvent::Chunk(chunk(e.data, &requested_model))),
+        Err(e) => Err(format!("worker stream broke: {e}")),
+    })
+}
+
 /// One SSE payload as a typed chunk, with `model` set to the name the client asked for. The
 /// payload's own buffer becomes the chunk's (no copy) unless the model must be renamed.
 fn chunk(data: String, requested_model: &str) -> Chunk {
     let (usage, has_choices, renamed) = {
-        let peek: ResponsePeek<'_> = serde_json::from_str(&data).unwrap_or_default();
-        let renamed = match peek.model.as_deref() {
-            Some(m) if m != requested_model => set_model(data.as_bytes(), requested_model),
-            _ => None,
-        };
+        let peek = serde_json::from_str::<ResponsePeek<'_>>(&data).ok();
+        let renamed = renamed(data.as_bytes(), peek.as_ref(), requested_model);
+        let peek = peek.unwrap_or_default();
         let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
         (peek.usage, has_choices, renamed)
     };
@@ -163,6 +171,20 @@ fn chunk(data: String, requested_model: &str) -> Chunk {
         data: renamed.unwrap_or_else(|| Bytes::from(data)),
         usage,
         has_choices,
+    }
+}
+
+/// A worker's answer (or chunk) with `model` set to the name the client asked for, when it
+/// must change: it names another model, or it could not be read as an answer at all (a key
+/// given twice, a `model` that is no string), where the generic JSON path decides (found by
+/// fuzzing: such a chunk left with the worker's name). `None`: the bytes go on as they are.
+pub fn renamed(body: &[u8], peek: Option<&ResponsePeek<'_>>, requested: &str) -> Option<Bytes> {
+    match peek {
+        Some(p) => match p.model.as_deref() {
+            Some(m) if m != requested => set_model(body, requested),
+            _ => None,
+        },
+        None => set_model(body, requested),
     }
 }
 

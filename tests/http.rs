@@ -1033,11 +1033,16 @@ async fn metrics_move_by_exactly_what_known_requests_imply() {
     let body = json!({"model": "caprl", "messages": caption_messages(&[data_url_as(&png, "image/png")]), "max_tokens": 5});
     let r = g.chat(&body).await;
     assert_eq!(r.status, StatusCode::OK);
+    // The answer tells the client what its images cost.
+    assert_eq!(r.headers["x-caprl-images"], "1");
+    assert_eq!(r.headers["x-caprl-image-tokens"], "6");
     usages.push(r.json()["usage"].clone());
     for max_tokens in [7, 9] {
         let body = json!({"model": "caprl", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": max_tokens});
         let r = g.chat(&body).await;
         assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-caprl-images"], "0");
+        assert_eq!(r.headers["x-caprl-image-tokens"], "0");
         usages.push(r.json()["usage"].clone());
     }
     let r = g.chat(&json!({"model": "caprl", "messages": []})).await;

@@ -520,3 +520,54 @@ async fn limits_are_shared_out_over_the_replicas() {
     assert_eq!(r.header_u64("x-ratelimit-limit-requests"), 100);
     assert_eq!(r.header_u64("x-ratelimit-remaining-requests"), 99);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_gives_back_its_keys_slot_and_the_worker() {
+    let s = setup(
+        "[[keys]]\nname = \"leaver\"\nsecret = \"sk-leaver\"\nmax_concurrent = 1\ntokens_per_minute = 100000\n",
+        &[],
+    )
+    .await;
+    s.fake.set(|b| b.tokens_per_sec = 5.0);
+    let mut body = stopping(200);
+    body["stream"] = json!(true);
+    let resp = reqwest::Client::new()
+        .post(s.gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-leaver")
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    use futures::StreamExt;
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a first event");
+    assert!(first.is_some());
+    assert_eq!(
+        metric(
+            &s.gw.state,
+            "caprl_gateway_key_in_flight",
+            &[("key", "leaver")]
+        ),
+        1.0
+    );
+    drop(stream);
+    let released = wait_for(WAIT, || async {
+        metric(
+            &s.gw.state,
+            "caprl_gateway_key_in_flight",
+            &[("key", "leaver")],
+        ) == 0.0
+            && metric(&s.gw.state, "caprl_gateway_worker_in_flight", &[]) == 0.0
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "the hang-up did not release the key's slot and the worker"
+    );
+    s.fake.set(|b| b.tokens_per_sec = 0.0);
+    // The slot is free again: a new request of the same key is admitted.
+    assert_eq!(chat(&s, "sk-leaver", &text_request(4)).await.status, 200);
+}

@@ -84,7 +84,8 @@ async fn handle(
     let mut record = RequestRecord::new(&state, &id, &req, started);
     record.charge(caller.0.clone(), charge);
     let deadline = started + pool.request_timeout();
-    match send_with_failover(pool, &req, id.as_str(), deadline).await {
+    let visual = VisualCost::of(&req);
+    let mut resp = match send_with_failover(pool, &req, id.as_str(), deadline).await {
         Ok((upstream, lease)) => {
             record.worker = Some(lease.worker().url.clone());
             relay::respond(upstream, req, record, deadline, Guards { lease, in_flight }).await
@@ -94,6 +95,31 @@ async fn handle(
             record.finish(error.status(), Outcome::from_error(&error), None);
             error.into_response()
         }
+    };
+    visual.write(resp.headers_mut());
+    resp
+}
+
+/// What the request's images cost, told to the client on every answer to a validated request
+/// (`x-caprl-images`, `x-caprl-image-tokens`), so it can plan batch sizes by visual tokens as
+/// CapRL's evaluation does. Tokens are the gateway's estimate (smart_resize, 28×28 pixels a
+/// token); remote images count as images with no estimate.
+struct VisualCost {
+    images: usize,
+    tokens: u64,
+}
+
+impl VisualCost {
+    fn of(req: &crate::validate::ValidRequest) -> VisualCost {
+        VisualCost {
+            images: req.images.len() + req.remote_images,
+            tokens: req.image_tokens,
+        }
+    }
+
+    fn write(&self, headers: &mut axum::http::HeaderMap) {
+        headers.insert("x-caprl-images", axum::http::HeaderValue::from(self.images));
+        headers.insert("x-caprl-image-tokens", axum::http::HeaderValue::from(self.tokens));
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::GatewayError;
 use crate::files::{Files, OUTPUT_PURPOSE};
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Commit, FileRow, LineOutcome, LineRow, Status, Usage};
+use crate::tenant::Caller;
 use crate::validate::Endpoint;
 use crate::worker::UpstreamBody;
 use bytes::Bytes;
@@ -358,7 +359,10 @@ impl LineTask {
             }
         };
         drop(bytes);
-        let mut req = match self.state.validate(self.endpoint, body) {
+        let mut req = match self
+            .state
+            .validate_as(self.endpoint, body, &Caller::default())
+        {
             Ok(req) => req,
             Err(err) => return Some(failed(&line, &request_id, &err)),
         };
@@ -712,6 +716,7 @@ impl Sink {
                 filename,
                 purpose: OUTPUT_PURPOSE.into(),
                 expires_at: None,
+                owner: b.owner.clone(),
             });
         }
         Ok(rows)

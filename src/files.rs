@@ -165,13 +165,15 @@ impl Files {
         Ok(())
     }
 
-    /// The upload is complete: sync it, move it into place and store its record.
+    /// The upload is complete: sync it, move it into place and store its record, owned by
+    /// `owner` (the uploading key's name, "" without keys).
     pub async fn finish_upload(
         &self,
         mut up: Upload,
         filename: String,
         purpose: String,
         expires_at: Option<i64>,
+        owner: &str,
     ) -> Result<FileRow, GatewayError> {
         let io = |e: std::io::Error| GatewayError::Internal(format!("cannot store the file: {e}"));
         up.file.flush().await.map_err(io)?;
@@ -186,6 +188,7 @@ impl Files {
             filename,
             purpose,
             expires_at,
+            owner: owner.to_string(),
         };
         let stored = row.clone();
         if let Err(e) = self.store.run(move |s| s.insert_file(&stored)).await {
@@ -202,18 +205,26 @@ impl Files {
         let _ = tokio::fs::remove_file(&up.part).await;
     }
 
-    pub async fn get(&self, id: &str) -> Result<FileRow, GatewayError> {
+    /// The file `id` if `owner` owns it; another owner's file is answered exactly as one that
+    /// does not exist.
+    pub async fn get(&self, id: &str, owner: &str) -> Result<FileRow, GatewayError> {
         let key = id.to_string();
         self.store
             .run(move |s| s.file(&key))
             .await
             .map_err(internal)?
+            .filter(|f| f.owner == owner)
             .ok_or_else(|| no_such_file(id))
     }
 
     /// Delete a file: its record, then its bytes. A batch's input file cannot be deleted while
-    /// the batch runs (409).
-    pub async fn delete(&self, id: &str) -> Result<(), GatewayError> {
+    /// the batch runs (409). With `owner`, only that owner's file (another's is not found,
+    /// checked before anything else so that a 409 tells nothing of others' files); None is
+    /// the expiry sweep, for every owner.
+    pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<(), GatewayError> {
+        if let Some(owner) = owner {
+            self.get(id, owner).await?;
+        }
         let key = id.to_string();
         if let Some(batch) = self
             .store
@@ -256,7 +267,7 @@ impl Files {
                 Ok(expired) => {
                     for f in expired {
                         let id = f.id.clone();
-                        match self.delete(&id).await {
+                        match self.delete(&id, None).await {
                             Ok(()) => tracing::info!(file = %id, "expired file removed"),
                             Err(e) => tracing::debug!(file = %id, error = %e, "expired file kept"),
                         }

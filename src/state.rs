@@ -209,18 +209,10 @@ impl AppState {
         Ok(state)
     }
 
-    /// Check a request body as its endpoint does, for any caller (every served model).
-    pub fn validate(
-        &self,
-        endpoint: Endpoint,
-        body: bytes::Bytes,
-    ) -> Result<ValidRequest, GatewayError> {
-        self.validate_as(endpoint, body, &Caller::default())
-    }
-
     /// Check a request body as its endpoint does, for `caller` (the batch runner checks each
     /// line as the batch's owner): a [`ValidRequest`] or the error to answer. A model the
-    /// caller's key may not use is not served, as far as the caller can tell.
+    /// caller's key may not use is not served, as far as the caller can tell, and an image
+    /// named by file id must be one of the caller's own files.
     pub fn validate_as(
         &self,
         endpoint: Endpoint,
@@ -232,7 +224,7 @@ impl AppState {
             is_served: &|m| self.pools.contains_key(m) && caller.may_use(m),
             keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
             image_rejected: &|format| self.metrics.image_rejected(format),
-            read_file: &|id| self.read_image_file(id),
+            read_file: &|id| self.read_image_file(id, caller.owner()),
             reported_max_model_len: &|m| self.pools.get(m).and_then(|p| p.members.max_model_len()),
         };
         match endpoint {
@@ -241,10 +233,11 @@ impl AppState {
         }
     }
 
-    /// The bytes of an image uploaded with purpose `vision`, for a request that names it by
-    /// id. Blocking, like the rest of validation: a stored image is at most `max_image_bytes`
-    /// and usually in the page cache.
-    fn read_image_file(&self, id: &str) -> Result<Vec<u8>, String> {
+    /// The bytes of an image uploaded with purpose `vision` by `owner`, for a request that
+    /// names it by id: another owner's file is answered as one that does not exist. Blocking,
+    /// like the rest of validation: a stored image is at most `max_image_bytes` and usually in
+    /// the page cache.
+    fn read_image_file(&self, id: &str, owner: &str) -> Result<Vec<u8>, String> {
         let Some(batches) = &self.batches else {
             return Err(format!(
                 "file {id}: images by file id need the files API (start the gateway with \
@@ -260,6 +253,7 @@ impl AppState {
                 tracing::error!(error = %e, "store failed");
                 format!("file {id} cannot be read now")
             })?
+            .filter(|f| f.owner == owner)
             .ok_or_else(|| format!("no such file: {id}"))?;
         if row.purpose != "vision" {
             return Err(format!(

@@ -23,6 +23,7 @@ use crate::files::{internal, Files};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Shared, Status, Usage};
+use crate::tenant::Caller;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -121,8 +122,14 @@ impl Batches {
         }
     }
 
-    /// Create a batch: check the parameters, store it (validating), start its runner.
-    pub async fn create(&self, state: &AppState, req: CreateBatch) -> Result<Value, GatewayError> {
+    /// Create a batch owned by `caller`: check the parameters, store it (validating), start
+    /// its runner. The input file must be the caller's own (another's is not found).
+    pub async fn create(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        req: CreateBatch,
+    ) -> Result<Value, GatewayError> {
         let input_file_id = match req.input_file_id {
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(_) => return Err(bad("input_file_id must be a file id", "input_file_id")),
@@ -155,13 +162,17 @@ impl Batches {
             None | Some(Value::Null) => None,
             Some(m) => Some(check_metadata(m)?),
         };
-        let file = self.files.get(&input_file_id).await.map_err(|e| match e {
-            GatewayError::NotFound { message, .. } => GatewayError::NotFound {
-                message,
-                param: Some("input_file_id".into()),
-            },
-            other => other,
-        })?;
+        let file = self
+            .files
+            .get(&input_file_id, caller.owner())
+            .await
+            .map_err(|e| match e {
+                GatewayError::NotFound { message, .. } => GatewayError::NotFound {
+                    message,
+                    param: Some("input_file_id".into()),
+                },
+                other => other,
+            })?;
         if file.purpose != "batch" {
             return Err(bad(
                 format!(
@@ -175,6 +186,7 @@ impl Batches {
         let now = store::now();
         let row = BatchRow {
             id: format!("batch_{}", uuid::Uuid::new_v4().simple()),
+            owner: caller.owner().to_string(),
             endpoint,
             model: None,
             input_file_id,
@@ -207,26 +219,36 @@ impl Batches {
             .run(move |s| s.insert_batch(&stored))
             .await
             .map_err(internal)?;
-        tracing::info!(batch = %row.id, input_file = %row.input_file_id, status = "validating", "batch created");
+        tracing::info!(batch = %row.id, owner = %row.owner, input_file = %row.input_file_id, status = "validating", "batch created");
         self.spawn(state, row.id.clone());
         self.update_gauges().await;
         Ok(object(&row))
     }
 
-    pub async fn get(&self, id: &str) -> Result<BatchRow, GatewayError> {
+    /// The batch `id` if `owner` owns it; another owner's batch is answered exactly as one
+    /// that does not exist.
+    pub async fn get(&self, id: &str, owner: &str) -> Result<BatchRow, GatewayError> {
         let key = id.to_string();
         self.store
             .run(move |s| s.batch(&key))
             .await
             .map_err(internal)?
+            .filter(|b| b.owner == owner)
             .ok_or_else(|| no_such_batch(id))
     }
 
-    /// Newest first, after `after`, `limit` of them, with OpenAI's list envelope.
-    pub async fn list(&self, after: Option<String>, limit: usize) -> Result<Value, GatewayError> {
+    /// `owner`'s batches, newest first, after `after`, `limit` of them, with OpenAI's list
+    /// envelope.
+    pub async fn list(
+        &self,
+        owner: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Value, GatewayError> {
+        let owner = owner.to_string();
         let rows = self
             .store
-            .run(move |s| s.list_batches(after.as_deref(), limit + 1))
+            .run(move |s| s.list_batches(&owner, after.as_deref(), limit + 1))
             .await
             .map_err(internal)?;
         let has_more = rows.len() > limit;
@@ -237,8 +259,8 @@ impl Batches {
     /// Cancel: a running batch becomes `cancelling` (its in-flight lines finish, the rest are
     /// not started) and then `cancelled`. Cancelling a cancelling or cancelled batch changes
     /// nothing; a batch that ended otherwise is a 409.
-    pub async fn cancel(&self, id: &str) -> Result<Value, GatewayError> {
-        let b = self.get(id).await?;
+    pub async fn cancel(&self, id: &str, owner: &str) -> Result<Value, GatewayError> {
+        let b = self.get(id, owner).await?;
         match b.status {
             Status::Cancelling | Status::Cancelled | Status::Finalizing => return Ok(object(&b)),
             Status::Completed | Status::Failed | Status::Expired => {

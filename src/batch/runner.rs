@@ -10,6 +10,11 @@
 //! is. After a kill, the files are cut back to the recorded lengths and only lines not
 //! recorded run again.
 //!
+//! Every line runs as the batch's owner, the key that created it, as that key is when the line
+//! starts: a model the key may no longer use fails the line as the synchronous endpoint would
+//! (404 `model_not_found`), and once the key is revoked no further line runs (each goes to the
+//! error file with `invalid_api_key`); the batch still ends.
+//!
 //! Failures that say nothing about the line (no worker, a full queue, a worker that broke
 //! down after every retry) are retried with backoff until the batch is stopped or expires; a
 //! failure the request itself caused goes to the error file with the status and envelope the
@@ -21,6 +26,7 @@ use crate::error::GatewayError;
 use crate::files::{Files, OUTPUT_PURPOSE};
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Commit, FileRow, LineOutcome, LineRow, Status, Usage};
+use crate::tenant::Caller;
 use crate::validate::Endpoint;
 use crate::worker::UpstreamBody;
 use bytes::Bytes;
@@ -49,6 +55,10 @@ const MAX_WORKER_FAILURES: u32 = 4;
 const ADMIT_WAIT: Duration = Duration::from_secs(60);
 /// Extra room over `max_body_bytes` for the line's envelope (`custom_id`, `method`, `url`).
 const LINE_ENVELOPE: u64 = 64 << 10;
+/// A line not run because its batch's key is gone.
+const REVOKED_CODE: &str = "invalid_api_key";
+const REVOKED_MESSAGE: &str =
+    "This request was not executed because the API key that created the batch was revoked.";
 
 /// A finished line, ready to be written.
 struct Finished {
@@ -145,6 +155,21 @@ async fn drive(
     Ok(())
 }
 
+/// Who a batch's lines run as: its owner's key as it is now (limits on models included).
+/// None when keys are required and the owner's key no longer exists (revoked). A batch made
+/// without keys (owner "") runs as anyone.
+fn owner_caller(state: &AppState, owner: &str) -> Option<Caller> {
+    if owner.is_empty() {
+        return Some(Caller::default());
+    }
+    match state.tenants.by_name(owner) {
+        Some(tenant) => Some(Caller(Some(tenant))),
+        None if state.tenants.required() => None,
+        // Keys were turned off since: everyone may use everything.
+        None => Some(Caller::default()),
+    }
+}
+
 async fn load(batches: &Batches, id: &str) -> anyhow::Result<BatchRow> {
     let key = id.to_string();
     batches
@@ -158,7 +183,15 @@ async fn load(batches: &Batches, id: &str) -> anyhow::Result<BatchRow> {
 async fn validate(state: &AppState, batches: &Batches, b: &BatchRow) -> anyhow::Result<()> {
     let path = batches.files.path(&b.input_file_id);
     let endpoint = b.endpoint.clone();
-    let served: Vec<String> = state.pools.keys().cloned().collect();
+    // A model the owner's key may not use is not served, as far as the owner can tell. A
+    // revoked owner's lines pass here and are refused one by one when they would run.
+    let owner = owner_caller(state, &b.owner);
+    let served: Vec<String> = state
+        .pools
+        .keys()
+        .filter(|m| owner.as_ref().is_none_or(|c| c.may_use(m)))
+        .cloned()
+        .collect();
     let max_line = state.config.limits.max_body_bytes + LINE_ENVELOPE;
     let store = batches.store().clone();
     let id = b.id.clone();
@@ -259,6 +292,7 @@ async fn run_lines(
                 halt: halt.clone(),
                 expires,
                 batch_id: b.id.clone(),
+                owner: b.owner.clone(),
                 endpoint,
             };
             let tx = tx.clone();
@@ -323,6 +357,8 @@ struct LineTask {
     halt: CancellationToken,
     expires: Instant,
     batch_id: String,
+    /// The batch's owner: the line is validated (model scope, images by file id) as this key.
+    owner: String,
     endpoint: Endpoint,
 }
 
@@ -336,6 +372,9 @@ impl LineTask {
     /// Run the line; None when it did not start (stopped while waiting for a worker, or the
     /// gateway is shutting down): it stays pending.
     async fn run(self, line: LineRow) -> Option<Finished> {
+        let Some(caller) = owner_caller(&self.state, &self.owner) else {
+            return Some(not_run(&line, REVOKED_CODE, REVOKED_MESSAGE));
+        };
         let (offset, len) = (line.offset, line.len);
         let input = self.input.clone();
         let bytes = match tokio::task::spawn_blocking(move || input::read_at(&input, offset, len))
@@ -358,7 +397,7 @@ impl LineTask {
             }
         };
         drop(bytes);
-        let mut req = match self.state.validate(self.endpoint, body) {
+        let mut req = match self.state.validate_as(self.endpoint, body, &caller) {
             Ok(req) => req,
             Err(err) => return Some(failed(&line, &request_id, &err)),
         };
@@ -522,6 +561,22 @@ fn failed(line: &LineRow, request_id: &str, err: &GatewayError) -> Finished {
     }
 }
 
+/// A line that was not executed: no response, only the reason, for the error file.
+fn not_run(line: &LineRow, code: &str, message: &str) -> Finished {
+    Finished {
+        line: line.line,
+        record: encode(&Record {
+            id: line_id(),
+            custom_id: &line.custom_id,
+            response: None,
+            error: Some(LineError { code, message }),
+        }),
+        outcome: LineOutcome::Failed,
+        usage: Usage::default(),
+        permit: None,
+    }
+}
+
 /// Take finished lines off the channel in groups; write and record each group.
 async fn write_loop(
     mut rx: mpsc::Receiver<Finished>,
@@ -581,18 +636,7 @@ async fn not_executed(
         }
         let group: Vec<Finished> = page
             .iter()
-            .map(|line| Finished {
-                line: line.line,
-                record: encode(&Record {
-                    id: line_id(),
-                    custom_id: &line.custom_id,
-                    response: None,
-                    error: Some(LineError { code, message }),
-                }),
-                outcome: LineOutcome::Failed,
-                usage: Usage::default(),
-                permit: None,
-            })
+            .map(|line| not_run(line, code, message))
             .collect();
         sink = append(sink, group, store.clone(), b.id.clone()).await?;
     }
@@ -712,6 +756,7 @@ impl Sink {
                 filename,
                 purpose: OUTPUT_PURPOSE.into(),
                 expires_at: None,
+                owner: b.owner.clone(),
             });
         }
         Ok(rows)

@@ -1,14 +1,16 @@
 //! `/v1/batches`: create, retrieve, list, cancel. The batch service is `crate::batch`; this
-//! module only speaks HTTP. Off (404) without `--data-dir`.
+//! module only speaks HTTP. Off (404) without `--data-dir`. Every batch belongs to the key
+//! that created it: another key's batch is not found.
 
 use super::extract::RawBody;
 use super::files::{off, parse_limit};
 use crate::batch::{object, Batches, CreateBatch};
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::tenant::Caller;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,6 +32,7 @@ fn reply(result: Result<Value, GatewayError>) -> Response {
 /// `POST /v1/batches`.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<RawBody, GatewayError>,
 ) -> Response {
     let result = async {
@@ -38,15 +41,19 @@ pub async fn create(
         let req: CreateBatch = serde_json::from_slice(&bytes).map_err(|e| {
             GatewayError::invalid(format!("the body is not a JSON object: {e}"), None)
         })?;
-        batches.create(&state, req).await
+        batches.create(&state, &caller, req).await
     }
     .await;
     reply(result)
 }
 
 /// `GET /v1/batches/{id}`.
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let result = async { Ok(object(&service(&state)?.get(&id).await?)) }.await;
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async { Ok(object(&service(&state)?.get(&id, caller.owner()).await?)) }.await;
     reply(result)
 }
 
@@ -59,20 +66,25 @@ pub struct ListParams {
 /// `GET /v1/batches`: newest first.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let result = async {
         let batches = service(&state)?;
         let Query(p) = params.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
         let limit = parse_limit(p.limit.as_deref(), DEFAULT_LIST, MAX_LIST)?;
-        batches.list(p.after, limit).await
+        batches.list(caller.owner(), p.after, limit).await
     }
     .await;
     reply(result)
 }
 
 /// `POST /v1/batches/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let result = async { service(&state)?.cancel(&id).await }.await;
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async { service(&state)?.cancel(&id, caller.owner()).await }.await;
     reply(result)
 }

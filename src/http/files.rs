@@ -1,16 +1,18 @@
 //! `/v1/files`: upload (multipart, streamed to disk), list, retrieve, content, delete. The
 //! storage is `crate::files`; this module only speaks HTTP. Off (404) without `--data-dir`.
+//! Every file belongs to the key that uploaded it: another key's file is not found.
 
 use crate::error::GatewayError;
 use crate::files::{no_such_file, Files, UPLOAD_PURPOSES};
 use crate::state::AppState;
 use crate::store::{self, FileRow, Order};
+use crate::tenant::Caller;
 use axum::body::Body;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -80,9 +82,10 @@ async fn text(field: Field<'_>, name: &str) -> Result<String, GatewayError> {
 /// `POST /v1/files`.
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    match upload_inner(&state, multipart).await {
+    match upload_inner(&state, &caller, multipart).await {
         Ok(row) => Json(object(&row)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -90,6 +93,7 @@ pub async fn upload(
 
 async fn upload_inner(
     state: &AppState,
+    caller: &Caller,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<FileRow, GatewayError> {
     let files = service(state)?;
@@ -153,7 +157,7 @@ async fn upload_inner(
     match (checked, upload) {
         (Ok((purpose, expires_at)), Some((up, filename))) => {
             let row = files
-                .finish_upload(up, filename, purpose, expires_at)
+                .finish_upload(up, filename, purpose, expires_at, caller.owner())
                 .await?;
             tracing::info!(file = %row.id, bytes = row.bytes, purpose = %row.purpose, "file stored");
             Ok(row)
@@ -237,6 +241,7 @@ pub struct ListParams {
 /// `GET /v1/files`.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let result = async {
@@ -253,9 +258,18 @@ pub async fn list(
                 ))
             }
         };
+        let owner = caller.owner().to_string();
         let rows = files
             .store
-            .run(move |s| s.list_files(p.purpose.as_deref(), p.after.as_deref(), limit + 1, order))
+            .run(move |s| {
+                s.list_files(
+                    &owner,
+                    p.purpose.as_deref(),
+                    p.after.as_deref(),
+                    limit + 1,
+                    order,
+                )
+            })
             .await
             .map_err(crate::files::internal)?;
         let has_more = rows.len() > limit;
@@ -284,8 +298,12 @@ pub fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usiz
 }
 
 /// `GET /v1/files/{id}`.
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let result = async { service(&state)?.get(&id).await }.await;
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async { service(&state)?.get(&id, caller.owner()).await }.await;
     match result {
         Ok(row) => Json(object(&row)).into_response(),
         Err(e) => e.into_response(),
@@ -293,10 +311,14 @@ pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> 
 }
 
 /// `GET /v1/files/{id}/content`: the exact bytes, streamed from disk.
-pub async fn content(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn content(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let result = async {
         let files = service(&state)?;
-        let row = files.get(&id).await?;
+        let row = files.get(&id, caller.owner()).await?;
         let file = tokio::fs::File::open(files.path(&row.id))
             .await
             .map_err(|_| no_such_file(&id))?;
@@ -321,8 +343,12 @@ pub async fn content(State(state): State<AppState>, Path(id): Path<String>) -> R
 }
 
 /// `DELETE /v1/files/{id}`.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let result = async { service(&state)?.delete(&id).await }.await;
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async { service(&state)?.delete(&id, Some(caller.owner())).await }.await;
     match result {
         Ok(()) => Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
         Err(e) => e.into_response(),

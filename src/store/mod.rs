@@ -24,6 +24,9 @@ pub struct FileRow {
     pub filename: String,
     pub purpose: String,
     pub expires_at: Option<i64>,
+    /// Who may see it: the name of the key that uploaded it (a batch's output: the batch's
+    /// owner), or "" when it was made without keys.
+    pub owner: String,
 }
 
 /// Where a listing starts and which way it runs.
@@ -109,6 +112,9 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchRow {
     pub id: String,
+    /// The name of the key that created it ("" without keys): only that key sees it, and its
+    /// lines run as that key.
+    pub owner: String,
     pub endpoint: String,
     pub model: Option<String>,
     pub input_file_id: String,
@@ -179,10 +185,13 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// The durable state behind `/v1/files` and `/v1/batches`. Every method is one transaction.
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn insert_file(&self, file: &FileRow) -> Result<()>;
+    /// The file `id`, whoever owns it (callers that answer a client check the owner).
     fn file(&self, id: &str) -> Result<Option<FileRow>>;
-    /// Files in creation order (`order`), after the file `after` if given, at most `limit`.
+    /// `owner`'s files in creation order (`order`), after `owner`'s file `after` if given, at
+    /// most `limit`.
     fn list_files(
         &self,
+        owner: &str,
         purpose: Option<&str>,
         after: Option<&str>,
         limit: usize,
@@ -198,9 +207,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn batch_reading(&self, file_id: &str) -> Result<Option<String>>;
 
     fn insert_batch(&self, batch: &BatchRow) -> Result<()>;
+    /// The batch `id`, whoever owns it (callers that answer a client check the owner).
     fn batch(&self, id: &str) -> Result<Option<BatchRow>>;
-    /// Newest first, after the batch `after` if given, at most `limit`.
-    fn list_batches(&self, after: Option<&str>, limit: usize) -> Result<Vec<BatchRow>>;
+    /// `owner`'s batches, newest first, after `owner`'s batch `after` if given, at most
+    /// `limit`.
+    fn list_batches(&self, owner: &str, after: Option<&str>, limit: usize)
+        -> Result<Vec<BatchRow>>;
     /// Batches a runner must pick up after a restart (validating, in progress, finalizing,
     /// cancelling), oldest first.
     fn unfinished_batches(&self) -> Result<Vec<BatchRow>>;

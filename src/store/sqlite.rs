@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS files (
     created_at INTEGER NOT NULL,
     filename TEXT NOT NULL,
     purpose TEXT NOT NULL,
-    expires_at INTEGER
+    expires_at INTEGER,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS files_expiry ON files (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS batches (
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS batches (
     metadata TEXT,
     errors TEXT,
     output_bytes INTEGER NOT NULL DEFAULT 0,
-    error_bytes INTEGER NOT NULL DEFAULT 0
+    error_bytes INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS lines (
     batch_id TEXT NOT NULL,
@@ -67,10 +69,26 @@ CREATE TABLE IF NOT EXISTS lines (
 ) WITHOUT ROWID;
 ";
 
+/// Run once the `owner` columns exist (a database from before them is migrated first).
+const OWNER_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS files_owner ON files (owner, seq);
+CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner, seq);
+";
+
+/// Tables that gained a column since the first schema, and the column as it is added to a
+/// database created before it (rows from before get the default).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("files", "owner", "owner TEXT NOT NULL DEFAULT ''"),
+    ("batches", "owner", "owner TEXT NOT NULL DEFAULT ''"),
+];
+
+const FILE_COLUMNS: &str = "id, bytes, created_at, filename, purpose, expires_at, owner";
+
 const BATCH_COLUMNS: &str = "id, endpoint, model, input_file_id, completion_window, status, \
     output_file_id, error_file_id, published, created_at, in_progress_at, expires_at, \
     finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, total, \
-    completed, failed, input_tokens, output_tokens, metadata, errors, output_bytes, error_bytes";
+    completed, failed, input_tokens, output_tokens, metadata, errors, output_bytes, error_bytes, \
+    owner";
 
 #[derive(Debug)]
 pub struct Sqlite {
@@ -94,6 +112,8 @@ impl Sqlite {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn).map_err(err)?;
+        conn.execute_batch(OWNER_INDEXES).map_err(err)?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
         })
@@ -108,6 +128,26 @@ impl Sqlite {
     }
 }
 
+/// Add the columns a database created by an earlier version lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let has = {
+            let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+            let names = st.query_map([], |r| r.get::<_, String>(1))?;
+            let mut found = false;
+            for name in names {
+                found |= name? == column;
+            }
+            found
+        };
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {definition}"))?;
+            tracing::info!(table, column, "store migrated: column added");
+        }
+    }
+    Ok(())
+}
+
 fn file_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     Ok(FileRow {
         id: r.get(0)?,
@@ -116,6 +156,7 @@ fn file_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         filename: r.get(3)?,
         purpose: r.get(4)?,
         expires_at: r.get(5)?,
+        owner: r.get(6)?,
     })
 }
 
@@ -159,6 +200,7 @@ fn batch_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
         errors: r.get(24)?,
         output_bytes: u(25)?,
         error_bytes: u(26)?,
+        owner: r.get(27)?,
     })
 }
 
@@ -203,15 +245,15 @@ impl Store for Sqlite {
     fn insert_file(&self, f: &FileRow) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO files (id, bytes, created_at, filename, purpose, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 params![
                     f.id,
                     f.bytes as i64,
                     f.created_at,
                     f.filename,
                     f.purpose,
-                    f.expires_at
+                    f.expires_at,
+                    f.owner
                 ],
             )?;
             Ok(())
@@ -221,8 +263,7 @@ impl Store for Sqlite {
     fn file(&self, id: &str) -> Result<Option<FileRow>> {
         self.with(|c| {
             c.query_row(
-                "SELECT id, bytes, created_at, filename, purpose, expires_at FROM files \
-                 WHERE id = ?1",
+                &format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1"),
                 [id],
                 file_row,
             )
@@ -232,6 +273,7 @@ impl Store for Sqlite {
 
     fn list_files(
         &self,
+        owner: &str,
         purpose: Option<&str>,
         after: Option<&str>,
         limit: usize,
@@ -242,15 +284,16 @@ impl Store for Sqlite {
             Order::Desc => ("<", "DESC"),
         };
         self.with(|c| {
-            // An unknown `after` id yields nothing, as a cursor past the end would.
+            // An unknown `after` id (or another owner's) yields nothing, as a cursor past the
+            // end would.
             let sql = format!(
-                "SELECT id, bytes, created_at, filename, purpose, expires_at FROM files \
-                 WHERE (?1 IS NULL OR purpose = ?1) \
-                 AND (?2 IS NULL OR seq {cmp} (SELECT seq FROM files WHERE id = ?2)) \
+                "SELECT {FILE_COLUMNS} FROM files \
+                 WHERE owner = ?4 AND (?1 IS NULL OR purpose = ?1) \
+                 AND (?2 IS NULL OR seq {cmp} (SELECT seq FROM files WHERE id = ?2 AND owner = ?4)) \
                  ORDER BY seq {dir} LIMIT ?3"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(params![purpose, after, limit as i64], file_row)?;
+            let rows = st.query_map(params![purpose, after, limit as i64, owner], file_row)?;
             rows.collect()
         })
     }
@@ -261,10 +304,10 @@ impl Store for Sqlite {
 
     fn expired_files(&self, now: i64, limit: usize) -> Result<Vec<FileRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, bytes, created_at, filename, purpose, expires_at FROM files \
-                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files \
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2"
+            ))?;
             let rows = st.query_map(params![now, limit as i64], file_row)?;
             rows.collect()
         })
@@ -301,8 +344,8 @@ impl Store for Sqlite {
         self.with(|c| {
             c.execute(
                 "INSERT INTO batches (id, endpoint, model, input_file_id, completion_window, \
-                 status, output_file_id, error_file_id, created_at, expires_at, metadata) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 status, output_file_id, error_file_id, created_at, expires_at, metadata, owner) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     b.id,
                     b.endpoint,
@@ -314,7 +357,8 @@ impl Store for Sqlite {
                     b.error_file_id,
                     b.created_at,
                     b.expires_at,
-                    b.metadata
+                    b.metadata,
+                    b.owner
                 ],
             )?;
             Ok(())
@@ -325,15 +369,20 @@ impl Store for Sqlite {
         self.with(|c| get_batch(c, id))
     }
 
-    fn list_batches(&self, after: Option<&str>, limit: usize) -> Result<Vec<BatchRow>> {
+    fn list_batches(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BatchRow>> {
         self.with(|c| {
             let sql = format!(
-                "SELECT {BATCH_COLUMNS} FROM batches \
-                 WHERE (?1 IS NULL OR seq < (SELECT seq FROM batches WHERE id = ?1)) \
+                "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = ?3 \
+                 AND (?1 IS NULL OR seq < (SELECT seq FROM batches WHERE id = ?1 AND owner = ?3)) \
                  ORDER BY seq DESC LIMIT ?2"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(params![after, limit as i64], batch_row)?;
+            let rows = st.query_map(params![after, limit as i64, owner], batch_row)?;
             rows.collect()
         })
     }
@@ -499,16 +548,20 @@ impl Store for Sqlite {
                 return Ok(());
             }
             for f in files {
+                // A batch's output belongs to the batch's owner, whatever the row says.
                 tx.execute(
-                    "INSERT OR IGNORE INTO files (id, bytes, created_at, filename, purpose, \
-                     expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    &format!(
+                        "INSERT OR IGNORE INTO files ({FILE_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ),
                     params![
                         f.id,
                         f.bytes as i64,
                         f.created_at,
                         f.filename,
                         f.purpose,
-                        f.expires_at
+                        f.expires_at,
+                        b.owner
                     ],
                 )?;
             }
@@ -565,6 +618,7 @@ mod tests {
             errors: None,
             output_bytes: 0,
             error_bytes: 0,
+            owner: String::new(),
         }
     }
 
@@ -662,23 +716,85 @@ mod tests {
                 filename: "a.jsonl".into(),
                 purpose: if i % 2 == 0 { "batch" } else { "vision" }.into(),
                 expires_at: (i == 4).then_some(1500),
+                owner: String::new(),
             })
             .expect("insert");
         }
         let ids = |v: Vec<FileRow>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
         let asc = s
-            .list_files(None, Some("file-1"), 2, Order::Asc)
+            .list_files("", None, Some("file-1"), 2, Order::Asc)
             .expect("list");
         assert_eq!(ids(asc), ["file-2", "file-3"]);
-        let desc = s.list_files(None, None, 2, Order::Desc).expect("list");
+        let desc = s.list_files("", None, None, 2, Order::Desc).expect("list");
         assert_eq!(ids(desc), ["file-4", "file-3"]);
         let batch_only = s
-            .list_files(Some("batch"), None, 10, Order::Asc)
+            .list_files("", Some("batch"), None, 10, Order::Asc)
             .expect("list");
         assert_eq!(ids(batch_only), ["file-0", "file-2", "file-4"]);
         assert_eq!(ids(s.expired_files(1500, 10).expect("expired")), ["file-4"]);
         assert_eq!(s.used_bytes().expect("used"), 50);
         assert!(s.delete_file("file-4").expect("delete"));
         assert!(!s.delete_file("file-4").expect("delete again"));
+    }
+
+    #[test]
+    fn listings_page_within_the_owners_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Sqlite::open(&dir.path().join("state.db")).expect("open");
+        // a's and b's rows interleaved: a page of a's must not come back short or empty.
+        for i in 0..6 {
+            let owner = if i % 2 == 0 { "a" } else { "b" };
+            s.insert_file(&FileRow {
+                id: format!("file-{i}"),
+                bytes: 1,
+                created_at: i,
+                filename: "x".into(),
+                purpose: "batch".into(),
+                expires_at: None,
+                owner: owner.into(),
+            })
+            .expect("insert");
+            let mut b = batch(&format!("b{i}"));
+            b.owner = owner.into();
+            s.insert_batch(&b).expect("insert");
+        }
+        let ids = |v: Vec<FileRow>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
+        let first = s.list_files("a", None, None, 2, Order::Asc).expect("list");
+        assert_eq!(ids(first), ["file-0", "file-2"]);
+        let next = s
+            .list_files("a", None, Some("file-2"), 2, Order::Asc)
+            .expect("list");
+        assert_eq!(ids(next), ["file-4"]);
+        // Another owner's id is no cursor: nothing, as for an unknown id.
+        assert!(s
+            .list_files("a", None, Some("file-1"), 10, Order::Asc)
+            .expect("list")
+            .is_empty());
+        let bids = |v: Vec<BatchRow>| v.into_iter().map(|b| b.id).collect::<Vec<_>>();
+        assert_eq!(
+            bids(s.list_batches("b", None, 2).expect("list")),
+            ["b5", "b3"]
+        );
+        assert_eq!(
+            bids(s.list_batches("b", Some("b3"), 2).expect("list")),
+            ["b1"]
+        );
+        assert!(s.list_batches("b", Some("b4"), 2).expect("list").is_empty());
+        assert!(s.list_batches("", None, 10).expect("list").is_empty());
+        assert_eq!(s.batch("b4").expect("get").expect("b4").owner, "a");
+        // A batch's output file is its owner's, whatever the row handed in says.
+        let out = FileRow {
+            id: "file-out-b0".into(),
+            bytes: 3,
+            created_at: 9,
+            filename: "b0_output.jsonl".into(),
+            purpose: "batch_output".into(),
+            expires_at: None,
+            owner: String::new(),
+        };
+        s.finish_batch("b0", Status::Cancelled, &[out], 9)
+            .expect("finish");
+        let published = s.file("file-out-b0").expect("get").expect("published");
+        assert_eq!(published.owner, "a");
     }
 }

@@ -23,7 +23,7 @@ from collections import Counter
 import openai
 import pytest
 
-from e2e_util import caption_messages, data_url, image_bytes, poll
+from e2e_util import caption_messages, data_url, image_bytes, make_client, poll
 
 MODEL = "caprl"
 ENDPOINT = "/v1/chat/completions"
@@ -771,6 +771,40 @@ def test_unknown_ids_are_404_envelopes(cluster, tmp_path):
         create_batch(client, fid)
     assert client.batches.list().data == []
     assert w.requests() == 0
+
+
+def test_another_keys_files_and_batches_are_unknown_ids(cluster, tmp_path):
+    """With two keys, each sees only its own files and batches: the other's ids are 404s with
+    the envelope of an id that does not exist."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "team-a"\nsecret = "sk-team-a"\nfiles_and_batches = true\n'
+        '[[keys]]\nname = "team-b"\nsecret = "sk-team-b"\nfiles_and_batches = true\n'
+    )
+    w = cluster.worker()
+    g = start_gateway(cluster, [w], tmp_path / "data", "--keys-file", str(keys))
+    a = make_client(g, api_key="sk-team-a")
+    b = make_client(g, api_key="sk-team-b")
+    fid = upload(a, [line("a1")])
+    batch = create_batch(a, fid)
+    assert b.files.list().data == [] and b.batches.list().data == []
+    for call, arg in ((b.files.retrieve, fid), (b.files.content, fid), (b.files.delete, fid),
+                      (b.batches.retrieve, batch.id), (b.batches.cancel, batch.id)):
+        with pytest.raises(openai.NotFoundError) as info:
+            call(arg)
+        err = check_envelope(info.value.response.json(), code="not_found")
+        assert arg in err["message"], err
+    with pytest.raises(openai.NotFoundError) as info:
+        create_batch(b, fid)
+    check_envelope(info.value.response.json(), code="not_found", param="input_file_id")
+    done = poll(lambda: (x := a.batches.retrieve(batch.id)).status in TERMINAL and x, 20,
+                what="team-a's batch ends")
+    assert done.status == "completed" and done.request_counts.completed == 1, done
+    assert {f.id for f in a.files.list().data} == {fid, done.output_file_id}
+    assert len(read_jsonl(a, done.output_file_id)) == 1
+    assert w.requests() == 1
+    a.close()
+    b.close()
 
 
 def test_create_parameter_errors_are_400_with_param(cluster, tmp_path):

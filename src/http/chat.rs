@@ -119,7 +119,10 @@ impl VisualCost {
 
     fn write(&self, headers: &mut axum::http::HeaderMap) {
         headers.insert("x-caprl-images", axum::http::HeaderValue::from(self.images));
-        headers.insert("x-caprl-image-tokens", axum::http::HeaderValue::from(self.tokens));
+        headers.insert(
+            "x-caprl-image-tokens",
+            axum::http::HeaderValue::from(self.tokens),
+        );
     }
 }
 

@@ -44,6 +44,7 @@
 //! - [`config`]: the clap/TOML configuration (`args.rs`), validated once at start-up into
 //!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
+//! - [`cache`]: the caption cache: whole answers to deterministic requests, by content hash.
 //! - [`tenant`]: API keys (a reloadable keys file) and each key's limits on this replica.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
 //! - [`workflow`]: the CapRL workflows as commands (`caprl-gateway caption`): OpenAI clients
@@ -53,6 +54,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod error;

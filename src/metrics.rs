@@ -246,6 +246,13 @@ pub struct Metrics {
     pub keys: IntGaugeVec,
     /// Reloads of the keys file by outcome (`ok`; `error`: the old keys stayed).
     pub keys_reloads: IntCounterVec,
+    /// Caption cache lookups by outcome (`hit`, `miss`, `bypass`: not cacheable).
+    pub cache_requests: IntCounterVec,
+    /// Caption cache entries removed, by cause (`size`, `expired`, `replaced`, `explicit`).
+    pub cache_evictions: IntCounterVec,
+    /// Bytes and entries the caption cache holds.
+    pub cache_bytes: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
 }
 
 /// Holds one open connection in `connections_open`; dropped when the connection ends.
@@ -464,6 +471,18 @@ impl Metrics {
                 &["key"],
             ),
             keys: gauge("keys", "API keys in force.", &[]),
+            cache_requests: counter(
+                "cache_requests_total",
+                "Caption cache lookups by outcome (hit, miss, bypass).",
+                &["outcome"],
+            ),
+            cache_evictions: counter(
+                "cache_evictions_total",
+                "Caption cache entries removed, by cause (size, expired, replaced, explicit).",
+                &["cause"],
+            ),
+            cache_bytes: gauge("cache_bytes", "Bytes the caption cache holds.", &[]),
+            cache_entries: gauge("cache_entries", "Entries the caption cache holds.", &[]),
             keys_reloads: counter(
                 "keys_reloads_total",
                 "Reloads of the keys file by outcome (ok, error: the keys in force stayed).",
@@ -504,6 +523,32 @@ impl Metrics {
     /// The in-flight gauge of `key`, looked up once per key.
     pub fn key_in_flight(&self, key: &str) -> prometheus::IntGauge {
         self.key_in_flight.with_label_values(&[key])
+    }
+
+    /// A caption cache lookup: a hit or a miss.
+    pub fn cache_lookup(&self, hit: bool) {
+        self.cache_requests
+            .with_label_values(&[if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+
+    /// A request the cache would not take (not deterministic, or opted out).
+    pub fn cache_bypassed(&self) {
+        self.cache_requests.with_label_values(&["bypass"]).inc();
+    }
+
+    pub fn cache_evicted(&self, cause: &str) {
+        self.cache_evictions.with_label_values(&[cause]).inc();
+    }
+
+    pub fn cache_size(&self, bytes: u64, entries: u64) {
+        let none: &[&str] = &[];
+        self.cache_bytes
+            .with_label_values(none)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .with_label_values(none)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// `n` keys are in force.

@@ -3,6 +3,7 @@
 //! and the drain switch. Handlers get it as axum `State`.
 
 use crate::batch::Batches;
+use crate::cache::Cache;
 use crate::config::{ServeArgs, WorkerTarget};
 use crate::error::GatewayError;
 use crate::files::Files;
@@ -74,6 +75,8 @@ pub struct Inner {
     pub batches: Option<Batches>,
     /// The API keys and their limits.
     pub tenants: Arc<Tenants>,
+    /// The caption cache; None unless `--cache-max-bytes` is set.
+    pub cache: Option<Cache>,
     /// Every background task (queues, probes, discovery, batch runners); stopped by `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
@@ -187,6 +190,11 @@ impl AppState {
                 .clone()
                 .watch(config.server.keys_reload(), cancel.clone()),
         );
+        let cache = Cache::new(
+            config.server.cache_max_bytes,
+            config.server.cache_ttl(),
+            metrics.clone(),
+        );
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -200,6 +208,7 @@ impl AppState {
             created,
             batches,
             tenants,
+            cache,
             tasks,
             cancel,
         }));

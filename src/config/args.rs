@@ -112,6 +112,15 @@ pub struct ServerArgs {
     #[arg(long, env = "CAPRL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Bytes of answers the caption cache may hold (0: off). Only deterministic requests are
+    /// cached: temperature 0, or a `seed`, or the client's `x-caprl-cache: allow`.
+    #[arg(long, env = "CAPRL_CACHE_MAX_BYTES", default_value = "0", value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+
+    /// How long a cached answer is served.
+    #[arg(long, env = "CAPRL_CACHE_TTL_SECS", default_value_t = 3600.0)]
+    pub cache_ttl_secs: f64,
+
     /// Log line format: `text` for people, `json` for clusters.
     #[arg(long, env = "CAPRL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -139,6 +148,8 @@ impl fmt::Debug for ServerArgs {
             .field("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
+            .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("cache_ttl_secs", &self.cache_ttl_secs)
             .field("log_format", &self.log_format)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .finish()
@@ -423,6 +434,9 @@ impl ServerArgs {
     }
     pub fn keys_reload(&self) -> Duration {
         Duration::from_secs_f64(self.keys_reload_secs)
+    }
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.cache_ttl_secs)
     }
 }
 

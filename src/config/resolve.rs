@@ -68,6 +68,7 @@ impl ServeArgs {
                 sv.header_read_timeout_secs,
             ),
             ("server.body_read_timeout_secs", sv.body_read_timeout_secs),
+            ("server.cache_ttl_secs", sv.cache_ttl_secs),
         ] {
             // Durations are built from these; NaN, infinite or non-positive ones panic there.
             if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {

@@ -6,14 +6,22 @@ use super::extract::RawBody;
 use super::middleware::RequestId;
 use super::record::{Outcome, RequestRecord};
 use super::relay::{self, Guards};
+use crate::cache::{self, Answer, Cache, Decision, Failure};
+use crate::dispatch::read_whole;
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::tenant::Caller;
 use crate::validate::Endpoint;
+use crate::validate::ValidRequest;
+use crate::worker::UpstreamBody;
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use bytes::Bytes;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// `POST /v1/chat/completions`.
@@ -21,9 +29,10 @@ pub async fn chat(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Result<RawBody, GatewayError>,
 ) -> Response {
-    handle(state, id, caller, body, Endpoint::Chat).await
+    handle(state, id, caller, headers, body, Endpoint::Chat).await
 }
 
 /// `POST /v1/completions`: text prompts, through the same validation, queue and workers.
@@ -31,15 +40,17 @@ pub async fn completions(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Result<RawBody, GatewayError>,
 ) -> Response {
-    handle(state, id, caller, body, Endpoint::Completions).await
+    handle(state, id, caller, headers, body, Endpoint::Completions).await
 }
 
 async fn handle(
     state: AppState,
     id: RequestId,
     caller: Caller,
+    headers: HeaderMap,
     body: Result<RawBody, GatewayError>,
     endpoint: Endpoint,
 ) -> Response {
@@ -85,7 +96,38 @@ async fn handle(
     record.charge(caller.0.clone(), charge);
     let deadline = started + pool.request_timeout();
     let visual = VisualCost::of(&req);
-    let mut resp = match send_with_failover(pool, &req, id.as_str(), deadline).await {
+    let decision = state
+        .cache
+        .as_ref()
+        .map(|c| c.decide(&req, &headers, caller.owner()));
+    let mut resp = match (&state.cache, decision) {
+        (Some(cache), Some(Decision::Key(key))) => {
+            through_cache((cache, key), pool, req, record, deadline, in_flight, &id).await
+        }
+        (_, bypass) => {
+            let mut resp = send(pool, req, record, deadline, in_flight, &id).await;
+            if bypass == Some(Decision::Bypass) {
+                state.metrics.cache_bypassed();
+                resp.headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static("bypass"));
+            }
+            resp
+        }
+    };
+    visual.write(resp.headers_mut());
+    resp
+}
+
+/// To a worker through the driver, and the answer relayed.
+async fn send(
+    pool: &crate::state::Pool,
+    req: ValidRequest,
+    mut record: RequestRecord,
+    deadline: Instant,
+    in_flight: crate::shutdown::InFlight,
+    id: &RequestId,
+) -> Response {
+    match send_with_failover(pool, &req, id.as_str(), deadline).await {
         Ok((upstream, lease)) => {
             record.worker = Some(lease.worker().url.clone());
             relay::respond(upstream, req, record, deadline, Guards { lease, in_flight }).await
@@ -95,9 +137,133 @@ async fn handle(
             record.finish(error.status(), Outcome::from_error(&error), None);
             error.into_response()
         }
+    }
+}
+
+const X_CACHE: &str = "x-cache";
+
+/// A cacheable request: a whole answer from the cache or from the one load for its key (which
+/// identical requests in flight wait for); a stream from the cache when its answer is there,
+/// else from a worker as usual, not stored.
+async fn through_cache(
+    (cache, key): (&Cache, u128),
+    pool: &crate::state::Pool,
+    req: ValidRequest,
+    mut record: RequestRecord,
+    deadline: Instant,
+    in_flight: crate::shutdown::InFlight,
+    id: &RequestId,
+) -> Response {
+    if req.stream {
+        if let Some(answer) = cache.get(key).await {
+            if let Some(events) = cache::as_stream(&answer, req.endpoint, req.client_wants_usage) {
+                record.served_from_cache();
+                record.finish(StatusCode::OK, Outcome::Success, None);
+                let mut resp = Response::new(Body::from(events));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(X_CACHE, HeaderValue::from_static("hit"));
+                return resp;
+            }
+        }
+        let mut resp = send(pool, req, record, deadline, in_flight, id).await;
+        resp.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static("miss"));
+        return resp;
+    }
+    let mut worker = None;
+    let loaded = cache
+        .get_or_load(key, async {
+            match send_with_failover(pool, &req, id.as_str(), deadline).await {
+                Ok((up, lease)) => {
+                    worker = Some(lease.worker().url.clone());
+                    let UpstreamBody::Json(body) = up.body else {
+                        return Err(failure(GatewayError::Internal(
+                            "a stream answered a whole request".into(),
+                        )));
+                    };
+                    match read_whole(up.status, body, &lease, &req.model, deadline).await {
+                        Ok(w) if w.status == StatusCode::OK => Ok(Arc::new(Answer {
+                            body: w.body,
+                            usage: w.usage,
+                        })),
+                        Ok(w) => {
+                            let mut headers = HeaderMap::new();
+                            headers.insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            );
+                            Err(Failure {
+                                status: w.status,
+                                headers,
+                                body: w.body,
+                            })
+                        }
+                        Err(e) => Err(failure(e)),
+                    }
+                }
+                Err(Failed { error, worker: w }) => {
+                    worker = w;
+                    Err(failure(error))
+                }
+            }
+        })
+        .await;
+    let (status, headers, body) = match loaded {
+        Ok((answer, missed)) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if missed {
+                record.worker = worker;
+                record.finish(StatusCode::OK, Outcome::Success, answer.usage);
+            } else {
+                record.served_from_cache();
+                record.finish(StatusCode::OK, Outcome::Success, None);
+            }
+            let x = if missed { "miss" } else { "hit" };
+            headers.insert(X_CACHE, HeaderValue::from_static(x));
+            (StatusCode::OK, headers, answer.body.clone())
+        }
+        Err(f) => {
+            record.worker = worker;
+            let outcome = if f.status.is_client_error() {
+                Outcome::ClientError
+            } else {
+                Outcome::WorkerError
+            };
+            record.finish(f.status, outcome, None);
+            let mut headers = f.headers.clone();
+            headers.insert(X_CACHE, HeaderValue::from_static("miss"));
+            (f.status, headers, f.body.clone())
+        }
     };
-    visual.write(resp.headers_mut());
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    // Held to here: a draining gateway waits for this answer.
+    drop(in_flight);
     resp
+}
+
+/// An error as the answer every waiter for the same load gets.
+fn failure(e: GatewayError) -> Failure {
+    let body = serde_json::to_vec(&e.envelope())
+        .map(Bytes::from)
+        .unwrap_or_default();
+    let status = e.status();
+    let headers = e.into_response().headers().clone();
+    Failure {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// What the request's images cost, told to the client on every answer to a validated request

@@ -26,6 +26,8 @@ pub struct RequestRecord {
     metrics: Metrics,
     /// The caller's key and what the request holds of its limits, settled at the finish.
     tenant: Option<(Arc<Tenant>, Option<Charge>)>,
+    /// Answered from the caption cache: no worker, no tokens.
+    cached: bool,
     finished: bool,
 }
 
@@ -67,6 +69,7 @@ impl RequestRecord {
             worker: None,
             metrics: metrics.clone(),
             tenant: None,
+            cached: false,
             finished: false,
         }
     }
@@ -74,6 +77,12 @@ impl RequestRecord {
     /// The request runs under `tenant`'s key, holding `charge` of its limits.
     pub fn charge(&mut self, tenant: Option<Arc<Tenant>>, charge: Option<Charge>) {
         self.tenant = tenant.map(|t| (t, charge));
+    }
+
+    /// The answer comes from the caption cache: the key is charged no tokens for it.
+    pub fn served_from_cache(&mut self) {
+        self.cached = true;
+        self.worker = Some("cache".into());
     }
 
     pub fn started(&self) -> Instant {
@@ -96,6 +105,7 @@ impl RequestRecord {
             // Tokens are settled when the worker said what it used, or when it was never
             // reached (refused: nothing used); otherwise the estimate stays charged.
             let used = match (usage, outcome) {
+                _ if self.cached => Some(0),
                 (Some(u), _) => Some(u.prompt_tokens + u.completion_tokens),
                 (None, Outcome::Rejected) => Some(0),
                 (None, _) => None,

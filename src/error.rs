@@ -68,6 +68,9 @@ pub enum GatewayError {
         message: String,
         retry_after: Duration,
     },
+    /// The bytes of request bodies in flight are at their bound: come back shortly.
+    #[error("{0}")]
+    BodyBudget(String),
     /// The gateway is shutting down and admits nothing new.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -128,9 +131,9 @@ impl GatewayError {
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::ShuttingDown | GatewayError::NoWorker(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::ShuttingDown
+            | GatewayError::NoWorker(_)
+            | GatewayError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::WorkerStatus { status, .. } => {
                 if *status == StatusCode::SERVICE_UNAVAILABLE {
@@ -161,6 +164,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => "rate_limit_error",
             GatewayError::ShuttingDown
             | GatewayError::NoWorker(_)
+            | GatewayError::BodyBudget(_)
             | GatewayError::BadGateway(_)
             | GatewayError::WorkerStatus { .. }
             | GatewayError::Timeout(_)
@@ -183,6 +187,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::BodyBudget(_) => "body_budget_full",
             GatewayError::NoWorker(_) => "no_worker_available",
             GatewayError::BadGateway(_) | GatewayError::WorkerStatus { .. } => "worker_error",
             GatewayError::Timeout(_) => "worker_timeout",
@@ -224,7 +229,9 @@ impl GatewayError {
         match self {
             GatewayError::Overloaded { retry_after, .. } => Some(*retry_after),
             GatewayError::RateLimited { retry_after, .. } => *retry_after,
-            GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
+            GatewayError::ShuttingDown | GatewayError::BodyBudget(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

@@ -35,11 +35,12 @@ pub enum RejectReason {
     QueueFull,
     QueueTimeout,
     NoWorker,
+    BodyBudget,
     ShuttingDown,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::BadRequest,
         RejectReason::TooLarge,
         RejectReason::ModelNotFound,
@@ -50,6 +51,7 @@ impl RejectReason {
         RejectReason::QueueFull,
         RejectReason::QueueTimeout,
         RejectReason::NoWorker,
+        RejectReason::BodyBudget,
         RejectReason::ShuttingDown,
     ];
 
@@ -66,6 +68,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::NoWorker => "no_worker",
+            RejectReason::BodyBudget => "body_budget_full",
             RejectReason::ShuttingDown => "shutting_down",
         }
     }
@@ -86,6 +89,7 @@ impl RejectReason {
             GatewayError::Overloaded { .. } => RejectReason::QueueFull,
             GatewayError::NoWorker(_) => RejectReason::NoWorker,
             GatewayError::ShuttingDown => RejectReason::ShuttingDown,
+            GatewayError::BodyBudget(_) => RejectReason::BodyBudget,
             GatewayError::RouteNotFound(_)
             | GatewayError::NotFound { .. }
             | GatewayError::Conflict(_)
@@ -127,6 +131,7 @@ impl Outcome {
             GatewayError::Overloaded { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::ShuttingDown
+            | GatewayError::BodyBudget(_)
             | GatewayError::NoWorker(_) => Outcome::Rejected,
             e if e.status().is_client_error() => Outcome::ClientError,
             _ => Outcome::WorkerError,
@@ -250,6 +255,8 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// Caption cache entries removed, by cause (`size`, `expired`, `replaced`, `explicit`).
     pub cache_evictions: IntCounterVec,
+    /// Bytes of request bodies in flight, against `max_inflight_body_bytes`.
+    pub body_bytes_in_flight: IntGaugeVec,
     /// Bytes and entries the caption cache holds.
     pub cache_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
@@ -482,6 +489,11 @@ impl Metrics {
                 &["cause"],
             ),
             cache_bytes: gauge("cache_bytes", "Bytes the caption cache holds.", &[]),
+            body_bytes_in_flight: gauge(
+                "body_bytes_in_flight",
+                "Bytes of request bodies in flight (declared lengths).",
+                &[],
+            ),
             cache_entries: gauge("cache_entries", "Entries the caption cache holds.", &[]),
             keys_reloads: counter(
                 "keys_reloads_total",
@@ -796,6 +808,7 @@ mod tests {
                 "queue_full",
                 "queue_timeout",
                 "no_worker",
+                "body_budget_full",
                 "shutting_down"
             ]
         );
@@ -837,6 +850,10 @@ mod tests {
             ),
             (GatewayError::NoWorker("caprl".into()), Some("no_worker")),
             (GatewayError::ShuttingDown, Some("shutting_down")),
+            (
+                GatewayError::BodyBudget("full".into()),
+                Some("body_budget_full"),
+            ),
             (GatewayError::BadGateway("reset".into()), None),
             (GatewayError::Timeout("slow".into()), None),
             (GatewayError::Internal("bug".into()), None),

@@ -603,3 +603,85 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     drop((b, c));
     assert_eq!(wait_open(0).await, 0, "every connection's slot came back");
 }
+
+#[tokio::test]
+async fn bodies_past_the_in_flight_budget_wait_then_get_503_and_the_budget_comes_back() {
+    let t = Setup::start(&[
+        "--max-body-bytes",
+        "600KiB",
+        "--max-inflight-body-bytes",
+        "1MiB",
+        "--body-budget-wait-secs",
+        "0.2",
+    ])
+    .await;
+    t.worker.set(|b| b.latency_ms = 800);
+    let body = |kib: usize| {
+        serde_json::json!({"model": "caprl", "max_tokens": 2, "messages": [
+            {"role": "user", "content": "x".repeat(kib << 10)}]})
+    };
+    let url = format!("http://{}/v1/chat/completions", t.gateway);
+    let gauge = |t: &Setup| {
+        t.state
+            .metrics
+            .body_bytes_in_flight
+            .with_label_values(&[] as &[&str])
+            .get()
+    };
+    // A holds ~500 KiB of the 1 MiB while its worker takes 800 ms.
+    let first = {
+        let (url, body) = (url.clone(), body(500));
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("answer")
+                .status()
+                .as_u16()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge(&t) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gauge(&t) >= 500 << 10,
+        "the first body's hold: {}",
+        gauge(&t)
+    );
+    // B's ~590 KiB does not fit beside it within the wait.
+    let second = reqwest::Client::new()
+        .post(&url)
+        .json(&body(590))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(second.status().as_u16(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let v: serde_json::Value = second.json().await.expect("envelope");
+    assert_eq!(v["error"]["code"], "body_budget_full");
+    assert_eq!(first.await.expect("task"), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge(&t) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gauge(&t), 0, "every hold was given back");
+    t.worker.set(|b| b.latency_ms = 0);
+    let again = reqwest::Client::new()
+        .post(&url)
+        .json(&body(590))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(again.status().as_u16(), 200, "room came back");
+    assert_eq!(
+        t.state
+            .metrics
+            .rejections
+            .with_label_values(&["", "body_budget_full"])
+            .get(),
+        1
+    );
+}

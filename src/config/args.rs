@@ -205,6 +205,17 @@ pub struct LimitArgs {
     /// gives up at about 1,000 and answers without the OpenAI envelope.
     #[arg(long, env = "CAPRL_MAX_JSON_DEPTH", default_value_t = 128)]
     pub max_json_depth: usize,
+
+    /// Most request-body bytes all requests in flight may hold at once, counted from each
+    /// body's declared length (a chunked body counts as `max_body_bytes`). A request that
+    /// would go over waits up to `body_budget_wait_secs` for room, then gets 503 with
+    /// `retry-after`: memory stays bounded under a flood of large images.
+    #[arg(long, env = "CAPRL_MAX_INFLIGHT_BODY_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_inflight_body_bytes: u64,
+
+    /// How long a request waits for room in `max_inflight_body_bytes` before its 503.
+    #[arg(long, env = "CAPRL_BODY_BUDGET_WAIT_SECS", default_value_t = 2.0)]
+    pub body_budget_wait_secs: f64,
 }
 
 /// The chat schema itself nests six deep (body, `messages`, a message, `content`, a part,

@@ -42,6 +42,21 @@ impl ServeArgs {
                 format!("must be at least {MIN_JSON_DEPTH}: the chat schema nests six deep"),
             ));
         }
+        if !l.body_budget_wait_secs.is_finite()
+            || l.body_budget_wait_secs < 0.0
+            || l.body_budget_wait_secs > 1e9
+        {
+            return Err(config_error(
+                "limits.body_budget_wait_secs",
+                "must be zero or more seconds",
+            ));
+        }
+        if l.max_inflight_body_bytes < l.max_body_bytes {
+            return Err(config_error(
+                "limits.max_inflight_body_bytes",
+                format!("must be at least max_body_bytes ({})", l.max_body_bytes),
+            ));
+        }
         if l.min_pixels == 0 || l.min_pixels > l.max_pixels {
             return Err(config_error(
                 "limits.min_pixels",

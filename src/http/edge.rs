@@ -9,6 +9,7 @@
 //! and a 100 GB length was invited to send and read for 64 MiB before its 413, and a 64 MiB + 1
 //! length with no body hung. This layer answers from the head alone.
 
+use super::budget::{self, BodyBudget};
 use super::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::metrics::RejectReason;
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// After answering 413 to an HTTP/1 client that is already sending its body, the gateway reads
@@ -41,10 +43,19 @@ pub fn upload_limit(max_file_bytes: u64) -> u64 {
     max_file_bytes.saturating_add(UPLOAD_FORM_BYTES)
 }
 
-/// The layer: refuse a bad `Host` or an over-limit `Content-Length` at once.
-pub async fn check_head(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What the edge layer needs: the app's state and the in-flight body budget.
+#[derive(Clone)]
+pub struct Edge {
+    pub state: AppState,
+    pub budget: Arc<BodyBudget>,
+}
+
+/// The layer: refuse a bad `Host` or an over-limit `Content-Length` at once; hold the body's
+/// share of the in-flight budget; put the body under its deadline.
+pub async fn check_head(State(edge): State<Edge>, req: Request, next: Next) -> Response {
+    let state = &edge.state;
     if let Err(message) = check_host(&req) {
-        reject(&state, RejectReason::BadRequest);
+        reject(state, RejectReason::BadRequest);
         return GatewayError::invalid(message, None).into_response();
     }
     // An upload to `/v1/files` is streamed to disk, not held: it has the file limit.
@@ -62,12 +73,34 @@ pub async fn check_head(State(state): State<AppState>, req: Request, next: Next)
         if req.body().is_end_stream() {
             return next.run(req).await;
         }
+        // An upload is streamed to disk, not held; any other body is held whole, a chunked
+        // one (no declared length) up to the limit.
+        let hold = if req.uri().path() == "/v1/files" {
+            None
+        } else {
+            let bytes = if declared > 0 { declared } else { limit };
+            match edge.budget.hold(bytes).await {
+                Ok(h) => Some(h),
+                Err(err) => {
+                    reject(state, RejectReason::BodyBudget);
+                    let mut resp = err.into_response();
+                    // The body was not read: the connection cannot carry another request.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return resp;
+                }
+            }
+        };
         let server = &state.config.server;
         let (base, rate) = (server.body_read_timeout(), server.min_body_bytes_per_sec);
         let req = req.map(|body| Body::new(Deadline::new(body, base, rate)));
-        return next.run(req).await;
+        let resp = next.run(req).await;
+        return match hold {
+            Some(hold) => budget::attach(resp, hold),
+            None => resp,
+        };
     }
-    reject(&state, RejectReason::TooLarge);
+    reject(state, RejectReason::TooLarge);
     let http1 = req.version() <= Version::HTTP_11;
     // A client that asked `Expect: 100-continue` has sent no body and will not now: reading
     // would make hyper invite it with `100 Continue`, so the body is dropped unread.
@@ -76,7 +109,7 @@ pub async fn check_head(State(state): State<AppState>, req: Request, next: Next)
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if http1 && !expects_continue && declared <= limit.saturating_mul(LINGER_MAX_FACTOR) {
-        linger(&state, req.into_body());
+        linger(state, req.into_body());
     }
     let mut resp = GatewayError::too_large(
         format!(

@@ -8,6 +8,7 @@
 //! `chat::completions` (validate, queue, send) → `relay` (the answer, whole or streamed).
 
 mod batches;
+mod budget;
 mod chat;
 mod deadline;
 mod edge;
@@ -22,6 +23,8 @@ use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub fn app(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
@@ -62,7 +65,14 @@ pub fn app(state: AppState) -> Router {
         // are refused from the head alone, before the body is polled (so before hyper sends
         // `100 Continue`): see `edge`.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            edge::Edge {
+                state: state.clone(),
+                budget: Arc::new(budget::BodyBudget::new(
+                    state.config.limits.max_inflight_body_bytes,
+                    Duration::from_secs_f64(state.config.limits.body_budget_wait_secs),
+                    &state.metrics,
+                )),
+            },
             edge::check_head,
         ))
         // Outermost: every response, errors included, carries the request id and is counted.

@@ -5,10 +5,11 @@
 //! POST /v1/chat/completions (and /v1/completions: the same path, a text prompt)
 //!  ⓪ serve.rs     the accept loop: connection bound, head deadline and size (hyper)
 //!  ① http/        middleware: request id, span, metrics; the head (edge.rs: Host, a declared
-//!                 length over the limit; deadline.rs: the body's deadline); the caller
-//!                 (tenant/: its key, its requests per minute); body limit; the handler
-//!                 (chat.rs) owns what is HTTP: the record, the key's tokens and concurrency
-//!                 slot, the drain guard
+//!                 length over the limit; budget.rs: the in-flight body budget; deadline.rs:
+//!                 the body's deadline); the caller (tenant/: its key, its requests per
+//!                 minute); body limit; the handler (chat.rs) owns what is HTTP: the record,
+//!                 the key's tokens and concurrency slot, the drain guard, and the caption
+//!                 cache (cache.rs) in front of ③ for deterministic requests
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
 //!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
 //!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the

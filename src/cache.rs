@@ -22,7 +22,7 @@
 //!   TinyLFU/LRU. A hit never reaches a worker and never takes a worker slot.
 
 use crate::api::chat::Usage;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::validate::{Endpoint, ValidRequest};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -38,10 +38,11 @@ pub struct Answer {
 }
 
 /// An answer that is not cached, as the leader of a coalesced load got it: every request that
-/// waited for it gets the same.
+/// waited for it gets the same (a JSON body; `headers` are the error's own, `retry-after` …).
 #[derive(Debug)]
 pub struct Failure {
     pub status: StatusCode,
+    pub outcome: Outcome,
     pub headers: HeaderMap,
     pub body: Bytes,
 }

@@ -18,7 +18,7 @@ use crate::pool::Lease;
 use crate::state::Pool;
 use crate::validate::ValidRequest;
 use crate::worker::http::renamed;
-use crate::worker::{Fault, SendError, SendLimits, Upstream};
+use crate::worker::{Fault, SendError, SendLimits, Upstream, UpstreamBody};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -148,6 +148,22 @@ pub struct Whole {
     pub status: StatusCode,
     pub body: Bytes,
     pub usage: Option<Usage>,
+}
+
+/// A worker's answer to a request that did not ask to stream, read whole: [`read_whole`] on its
+/// document (a worker that streams anyway broke the protocol: an internal error).
+pub async fn read_answer(
+    up: Upstream,
+    lease: &Lease,
+    model: &str,
+    deadline: Instant,
+) -> Result<Whole, GatewayError> {
+    match up.body {
+        UpstreamBody::Json(body) => read_whole(up.status, body, lease, model, deadline).await,
+        UpstreamBody::Events(_) => Err(GatewayError::Internal(
+            "a worker streamed an answer that was not asked to stream".into(),
+        )),
+    }
 }
 
 /// Largest non-streamed answer accepted from a worker (n × max_tokens × logprobs can be big).

@@ -21,14 +21,13 @@
 //! synchronous endpoint would have answered.
 
 use super::{input, Batches};
-use crate::dispatch::{read_whole, send_admitted, Whole};
+use crate::dispatch::{read_answer, send_admitted, Whole};
 use crate::error::GatewayError;
 use crate::files::{Files, OUTPUT_PURPOSE};
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Commit, FileRow, LineOutcome, LineRow, Status, Usage};
 use crate::tenant::Caller;
 use crate::validate::Endpoint;
-use crate::worker::UpstreamBody;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -419,19 +418,12 @@ impl LineTask {
                 Ok(lease) => {
                     let deadline = Instant::now() + pool.request_timeout();
                     match send_admitted(pool, &req, &request_id, deadline, lease).await {
-                        Ok((up, lease)) => match up.body {
-                            UpstreamBody::Json(body) => {
-                                match read_whole(up.status, body, &lease, &req.model, deadline)
-                                    .await
-                                {
-                                    Ok(whole) => return Some(answered(&line, &request_id, whole)),
-                                    Err(e) => e,
-                                }
+                        Ok((up, lease)) => {
+                            match read_answer(up, &lease, &req.model, deadline).await {
+                                Ok(whole) => return Some(answered(&line, &request_id, whole)),
+                                Err(e) => e,
                             }
-                            UpstreamBody::Events(_) => GatewayError::Internal(
-                                "a worker streamed an answer that was not asked to stream".into(),
-                            ),
-                        },
+                        }
                         Err(f) => f.error,
                     }
                 }

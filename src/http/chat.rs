@@ -7,17 +7,16 @@ use super::middleware::RequestId;
 use super::record::{Outcome, RequestRecord};
 use super::relay::{self, Guards};
 use crate::cache::{self, Answer, Cache, Decision, Failure};
-use crate::dispatch::read_whole;
+use crate::dispatch::read_answer;
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::tenant::Caller;
 use crate::validate::Endpoint;
 use crate::validate::ValidRequest;
-use crate::worker::UpstreamBody;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
@@ -67,11 +66,7 @@ async fn handle(
             .inspect_err(|_| model_hint = served_model(&state, &caller, &bytes))
     }) {
         Ok(req) => req,
-        Err(err) => {
-            state.metrics.reject(&model_hint, &err);
-            tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
-            return err.into_response();
-        }
+        Err(err) => return refuse(&state, &id, &model_hint, err),
     };
     let pool = state
         .pools
@@ -86,36 +81,38 @@ async fn handle(
     {
         None => None,
         Some(Ok(charge)) => Some(charge),
-        Some(Err(err)) => {
-            state.metrics.reject(&req.model, &err);
-            tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
-            return err.into_response();
-        }
+        Some(Err(err)) => return refuse(&state, &id, &req.model, err),
     };
     let mut record = RequestRecord::new(&state, &id, &req, started);
-    record.charge(caller.0.clone(), charge);
+    record.charge(charge);
     let deadline = started + pool.request_timeout();
     let visual = VisualCost::of(&req);
-    let decision = state
+    let cached = state
         .cache
         .as_ref()
-        .map(|c| c.decide(&req, &headers, caller.owner()));
-    let mut resp = match (&state.cache, decision) {
-        (Some(cache), Some(Decision::Key(key))) => {
+        .map(|c| (c, c.decide(&req, &headers, caller.owner())));
+    let mut resp = match cached {
+        Some((cache, Decision::Key(key))) => {
             through_cache((cache, key), pool, req, record, deadline, in_flight, &id).await
         }
-        (_, bypass) => {
+        Some((_, Decision::Bypass)) => {
+            state.metrics.cache_bypassed();
             let mut resp = send(pool, req, record, deadline, in_flight, &id).await;
-            if bypass == Some(Decision::Bypass) {
-                state.metrics.cache_bypassed();
-                resp.headers_mut()
-                    .insert(X_CACHE, HeaderValue::from_static("bypass"));
-            }
+            resp.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("bypass"));
             resp
         }
+        None => send(pool, req, record, deadline, in_flight, &id).await,
     };
     visual.write(resp.headers_mut());
     resp
+}
+
+/// A request refused before it reached the driver: counted, logged, answered.
+fn refuse(state: &AppState, id: &RequestId, model: &str, err: GatewayError) -> Response {
+    state.metrics.reject(model, &err);
+    tracing::info!(request_id = %id, status = err.status().as_u16(), error = %err, "request rejected");
+    err.into_response()
 }
 
 /// To a worker through the driver, and the answer relayed.
@@ -159,14 +156,9 @@ async fn through_cache(
             if let Some(events) = cache::as_stream(&answer, req.endpoint, req.client_wants_usage) {
                 record.served_from_cache();
                 record.finish(StatusCode::OK, Outcome::Success, None);
-                let mut resp = Response::new(Body::from(events));
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.insert(X_CACHE, HeaderValue::from_static("hit"));
+                let mut resp = relay::event_stream(Body::from(events));
+                resp.headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static("hit"));
                 return resp;
             }
         }
@@ -178,48 +170,33 @@ async fn through_cache(
     let mut worker = None;
     let loaded = cache
         .get_or_load(key, async {
-            match send_with_failover(pool, &req, id.as_str(), deadline).await {
-                Ok((up, lease)) => {
-                    worker = Some(lease.worker().url.clone());
-                    let UpstreamBody::Json(body) = up.body else {
-                        return Err(failure(GatewayError::Internal(
-                            "a stream answered a whole request".into(),
-                        )));
-                    };
-                    match read_whole(up.status, body, &lease, &req.model, deadline).await {
-                        Ok(w) if w.status == StatusCode::OK => Ok(Arc::new(Answer {
-                            body: w.body,
-                            usage: w.usage,
-                        })),
-                        Ok(w) => {
-                            let mut headers = HeaderMap::new();
-                            headers.insert(
-                                header::CONTENT_TYPE,
-                                HeaderValue::from_static("application/json"),
-                            );
-                            Err(Failure {
-                                status: w.status,
-                                headers,
-                                body: w.body,
-                            })
-                        }
-                        Err(e) => Err(failure(e)),
-                    }
-                }
-                Err(Failed { error, worker: w }) => {
-                    worker = w;
-                    Err(failure(error))
-                }
+            let (up, lease) = send_with_failover(pool, &req, id.as_str(), deadline)
+                .await
+                .map_err(|f| {
+                    worker = f.worker;
+                    failure(f.error)
+                })?;
+            worker = Some(lease.worker().url.clone());
+            let whole = read_answer(up, &lease, &req.model, deadline)
+                .await
+                .map_err(failure)?;
+            if whole.status != StatusCode::OK {
+                // The worker's own answer (a 4xx passed through): not kept.
+                return Err(Failure {
+                    status: whole.status,
+                    outcome: Outcome::from_status(whole.status),
+                    headers: HeaderMap::new(),
+                    body: whole.body,
+                });
             }
+            Ok(Arc::new(Answer {
+                body: whole.body,
+                usage: whole.usage,
+            }))
         })
         .await;
-    let (status, headers, body) = match loaded {
+    let resp = match loaded {
         Ok((answer, missed)) => {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
             if missed {
                 record.worker = worker;
                 record.finish(StatusCode::OK, Outcome::Success, answer.usage);
@@ -227,40 +204,38 @@ async fn through_cache(
                 record.served_from_cache();
                 record.finish(StatusCode::OK, Outcome::Success, None);
             }
+            let mut resp = relay::json(StatusCode::OK, answer.body.clone());
             let x = if missed { "miss" } else { "hit" };
-            headers.insert(X_CACHE, HeaderValue::from_static(x));
-            (StatusCode::OK, headers, answer.body.clone())
+            resp.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static(x));
+            resp
         }
         Err(f) => {
             record.worker = worker;
-            let outcome = if f.status.is_client_error() {
-                Outcome::ClientError
-            } else {
-                Outcome::WorkerError
-            };
-            record.finish(f.status, outcome, None);
-            let mut headers = f.headers.clone();
-            headers.insert(X_CACHE, HeaderValue::from_static("miss"));
-            (f.status, headers, f.body.clone())
+            record.finish(f.status, f.outcome, None);
+            let mut resp = relay::json(f.status, f.body.clone());
+            resp.headers_mut().extend(f.headers.clone());
+            resp.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("miss"));
+            resp
         }
     };
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
     // Held to here: a draining gateway waits for this answer.
     drop(in_flight);
     resp
 }
 
-/// An error as the answer every waiter for the same load gets.
+/// An error as the answer every waiter for the same load gets: its status, outcome, body and
+/// headers (`retry-after`, …).
 fn failure(e: GatewayError) -> Failure {
     let body = serde_json::to_vec(&e.envelope())
         .map(Bytes::from)
         .unwrap_or_default();
-    let status = e.status();
+    let (status, outcome) = (e.status(), Outcome::from_error(&e));
     let headers = e.into_response().headers().clone();
     Failure {
         status,
+        outcome,
         headers,
         body,
     }

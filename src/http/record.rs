@@ -9,10 +9,8 @@ use crate::metrics::Metrics;
 pub use crate::metrics::Outcome;
 use crate::state::AppState;
 use crate::tenant::limits::Charge;
-use crate::tenant::Tenant;
 use crate::validate::ValidRequest;
 use axum::http::StatusCode;
-use std::sync::Arc;
 use tokio::time::Instant;
 
 #[derive(Debug)]
@@ -25,7 +23,7 @@ pub struct RequestRecord {
     pub worker: Option<String>,
     metrics: Metrics,
     /// The caller's key and what the request holds of its limits, settled at the finish.
-    tenant: Option<(Arc<Tenant>, Option<Charge>)>,
+    charge: Option<Charge>,
     /// Answered from the caption cache: no worker, no tokens.
     cached: bool,
     finished: bool,
@@ -68,15 +66,15 @@ impl RequestRecord {
             images,
             worker: None,
             metrics: metrics.clone(),
-            tenant: None,
+            charge: None,
             cached: false,
             finished: false,
         }
     }
 
-    /// The request runs under `tenant`'s key, holding `charge` of its limits.
-    pub fn charge(&mut self, tenant: Option<Arc<Tenant>>, charge: Option<Charge>) {
-        self.tenant = tenant.map(|t| (t, charge));
+    /// The request holds `charge` of its key's limits (None: no keys configured).
+    pub fn charge(&mut self, charge: Option<Charge>) {
+        self.charge = charge;
     }
 
     /// The answer comes from the caption cache: the key is charged no tokens for it.
@@ -101,7 +99,7 @@ impl RequestRecord {
         let elapsed = self.started.elapsed();
         self.metrics
             .request_finished(&self.model, outcome, self.stream, elapsed, usage.as_ref());
-        if let Some((tenant, charge)) = &mut self.tenant {
+        if let Some(charge) = &mut self.charge {
             // Tokens are settled when the worker said what it used, or when it was never
             // reached (refused: nothing used); otherwise the estimate stays charged.
             let used = match (usage, outcome) {
@@ -110,12 +108,11 @@ impl RequestRecord {
                 (None, Outcome::Rejected) => Some(0),
                 (None, _) => None,
             };
-            if let (Some(used), Some(charge)) = (used, charge.as_mut()) {
+            if let Some(used) = used {
                 charge.settle(used);
             }
             if let Some(u) = usage {
-                self.metrics
-                    .key_tokens(tenant.name(), u.prompt_tokens, u.completion_tokens);
+                charge.count_tokens(u.prompt_tokens, u.completion_tokens);
             }
         }
         let usage = usage.unwrap_or_default();

@@ -72,12 +72,31 @@ async fn whole(
         }
     };
     record.finish(status, Outcome::from_status(status), usage);
+    json(status, body)
+}
+
+/// A whole JSON answer.
+pub fn json(status: StatusCode, body: Bytes) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+/// A body of server-sent events, with the headers every stream gets.
+pub fn event_stream(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell nginx-style proxies in front of us not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
@@ -118,16 +137,7 @@ fn stream(
         let frame = relay.next_frame().await?;
         Some((Ok::<_, std::convert::Infallible>(frame), relay))
     });
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell nginx-style proxies in front of us not to buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    event_stream(Body::from_stream(body))
 }
 
 impl Relay {

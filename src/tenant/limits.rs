@@ -233,6 +233,12 @@ impl std::fmt::Debug for Charge {
 }
 
 impl Charge {
+    /// The worker's usage for the request, counted under the key's name.
+    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+        let l = &self.limiter;
+        l.metrics.key_tokens(&l.name, prompt, completion);
+    }
+
     /// The request finished having used `used` tokens: the worker's usage, or 0 when it was
     /// refused before reaching a worker.
     pub fn settle(&mut self, used: u64) {

@@ -5,7 +5,10 @@ For each body {text, 64 KiB image, 1 MiB image} x {whole, stream} x concurrency,
 fixed time directly against a fake worker and then against a freshly started gateway in front
 of the same worker, and report requests/s, p50, p99 of both, the ratio, the added p50, the
 gateway's CPU time per request (utime+stime delta of /proc/PID/stat / requests) and its peak
-RSS (VmHWM; one gateway process per case, so the peak is that case's). Then the pool
+RSS (VmHWM; one gateway process per case, so the peak is that case's). With --peer, the same
+run is repeated through vllm-router (PyPI `vllm-router`, a Rust router, started fresh per case
+in front of the same worker), so each row carries the gateway's CPU as a ratio of the peer's
+measured minutes apart on the same machine. Then the pool
 scenario: three fake workers with --latency-ms 20 behind one gateway, text requests from
 --pool-connections connections.
 
@@ -132,6 +135,18 @@ class Runner:
         r["cpu_s"] = {pid: (after[pid] - before[pid]) / CLK_TCK for pid in watch}
         return r
 
+    def peer(self, worker_ports):
+        """vllm-router in front of the same workers: the peer each row is compared with."""
+        port = self.port()
+        args = [self.a.peer, "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
+                *[f"http://127.0.0.1:{wp}" for wp in worker_ports],
+                "--log-level", "warning", "--max-payload-size", str(64 << 20),
+                "--max-concurrent-requests", "4096", "--queue-size", "4096",
+                "--disable-retries", "--disable-circuit-breaker"]
+        p = self.spawn(args, name=f"peer-{port}")
+        wait_ok(f"http://127.0.0.1:{port}/health", p, limit_s=60.0)
+        return p, port
+
     def close(self):
         for p in self.procs:
             stop(p)
@@ -139,6 +154,11 @@ class Runner:
 
 def worker_requests(port: int) -> int:
     return json.loads(http_get(f"http://127.0.0.1:{port}/stats")[1])["requests"]
+
+
+def max_tokens(bodies: str, body: str) -> int:
+    with open(os.path.join(bodies, f"{body}.json")) as f:
+        return int(json.load(f).get("max_tokens", 16))
 
 
 def ms(us):
@@ -166,6 +186,19 @@ def matrix(run: Runner, a):
                     finally:
                         stop(gproc)
                     gw_cpu = via["cpu_s"][gproc.pid]
+                    peer = None
+                    if a.peer:
+                        pproc, pport = run.peer([wport])
+                        try:
+                            seen0 = worker_requests(wport)
+                            pr = run.wrk(pport, body, conns, a.duration, watch=[pproc.pid])
+                            pseen = worker_requests(wport) - seen0
+                            phwm = status_kb(pproc.pid, "VmHWM")
+                        finally:
+                            stop(pproc)
+                        peer = {"run": pr, "worker_saw": pseen, "hwm_kb": phwm,
+                                "cpu_us_per_req":
+                                    pr["cpu_s"][pproc.pid] / max(pr["requests"], 1) * 1e6}
                     row = {
                         "case": case, "mode": mode, "conns": conns,
                         "direct": direct, "gateway": via,
@@ -177,6 +210,7 @@ def matrix(run: Runner, a):
                         "worker_cpu_us_per_req_direct":
                             direct["cpu_s"][wproc.pid] / max(direct["requests"], 1) * 1e6,
                         "gw_rss_idle_kb": rss_idle, "gw_hwm_kb": hwm,
+                        "peer": peer, "max_tokens": max_tokens(a.bodies, body),
                     }
                     log(f"   direct {direct['rps']:.0f} rps p50 {ms(direct['p50_us'])} ms | "
                         f"gateway {via['rps']:.0f} rps p50 {ms(via['p50_us'])} ms, "
@@ -226,6 +260,47 @@ def tables(rows, pool_row, targets):
             f"| {ms(g['p99_us'])} | {r['gw_cpu_us_per_req']:.0f} / "
             f"{r.get('gw_cpu_us_per_fwd', float('nan')):.0f} | {t} "
             f"| {r['gw_hwm_kb'] / 1024:.0f} | {d['errors']}/{g['errors']} |")
+    peered = [r for r in rows if r.get("peer")]
+    if peered:
+        out.append("")
+        out.append("| case | mode | conc | gateway req/s | vllm-router req/s | gateway CPU µs/req "
+                   "| vllm-router CPU µs/req | CPU ratio gw/router | gateway p50 ms "
+                   "| vllm-router p50 ms | gw peak RSS MiB | router peak RSS MiB | errors gw/router |")
+        out.append("|" + "---|" * 13)
+        for r in peered:
+            g, p = r["gateway"], r["peer"]
+            out.append(
+                f"| {CASE_LABEL[r['case']]} | {r['mode']} | {r['conns']} | {g['rps']:.0f} "
+                f"| {p['run']['rps']:.0f} | {r['gw_cpu_us_per_req']:.0f} "
+                f"| {p['cpu_us_per_req']:.0f} "
+                f"| {r['gw_cpu_us_per_req'] / max(p['cpu_us_per_req'], 1e-9):.2f} "
+                f"| {ms(g['p50_us'])} | {ms(p['run']['p50_us'])} | {r['gw_hwm_kb'] / 1024:.0f} "
+                f"| {p['hwm_kb'] / 1024:.0f} | {g['errors']}/{p['run']['errors']} |")
+        # CPU per streamed token: what a streamed request costs over the same request whole,
+        # divided by the tokens (SSE events) it relays.
+        per_token = []
+        for r in peered:
+            if r["mode"] != "stream":
+                continue
+            whole = next((w for w in peered if w["mode"] == "whole" and w["case"] == r["case"]
+                          and w["conns"] == r["conns"]), None)
+            if whole is None:
+                continue
+            n = max(r["max_tokens"], 1)
+            gw = (r["gw_cpu_us_per_req"] - whole["gw_cpu_us_per_req"]) / n
+            pe = (r["peer"]["cpu_us_per_req"] - whole["peer"]["cpu_us_per_req"]) / n
+            per_token.append(
+                f"| {CASE_LABEL[r['case']]} | {r['conns']} | {n} | {gw:.1f} | {pe:.1f} "
+                f"| {gw / pe if pe > 0 else float('nan'):.2f} "
+                f"| {ms(r['gateway']['p50_us'] - whole['gateway']['p50_us'])} "
+                f"| {ms(r['peer']['run']['p50_us'] - whole['peer']['run']['p50_us'])} |")
+        if per_token:
+            out.append("")
+            out.append("| streamed | conc | tokens/req | gateway CPU µs/token | vllm-router CPU "
+                       "µs/token | ratio | gateway stream−whole p50 ms "
+                       "| router stream−whole p50 ms |")
+            out.append("|" + "---|" * 8)
+            out.extend(per_token)
     if pool_row:
         g = pool_row["gateway"]
         total = max(sum(pool_row["per_worker"]), 1)
@@ -257,6 +332,7 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--pool-connections", type=int, default=1000)
     ap.add_argument("--pool-latency-ms", type=int, default=20)
+    ap.add_argument("--peer", help="vllm-router launcher: run every case through it too")
     ap.add_argument("--no-matrix", action="store_true")
     ap.add_argument("--no-pool", action="store_true")
     ap.add_argument("--base-port", type=int, default=18600)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmark: the gateway (release, RUST_LOG=warn) in front of one fake worker (--threads 1),
-# against the fake worker alone, for {text, 64 KB image, 1 MB image} x {whole, stream} x
+# against the fake worker alone and against vllm-router in front of the same worker, for {text, 64 KB image, 1 MB image} x {whole, stream} x
 # concurrency {32, 256}; then a pool of three fake workers (--latency-ms 20) behind one gateway
 # with 1000 connections. Prints markdown tables (docs/BENCHMARKS.md has a run's figures).
 #
@@ -20,6 +20,8 @@
 #   PYTHON                interpreter for the body generator (Pillow + numpy give JPEGs;
 #                         without them a noisy PNG is written with the standard library)
 #   OUT=target/bench-load where bodies, logs and results.json go
+#   PEER=1                also run every case through vllm-router (the peer of the ratios),
+#                         installed from PyPI into .venv-bench when missing; PEER=0 skips it
 #
 # Only 127.0.0.1 is used. Needs wrk: installed from Debian (apt-get) when missing.
 set -euo pipefail
@@ -64,6 +66,16 @@ if [ ! -f "$OUT/bodies/bodies.json" ]; then
     "$PYTHON" "$HERE/make_bodies.py" "$OUT/bodies" >&2
 fi
 
+PEER_ARGS=()
+if [ "${PEER:-1}" != 0 ]; then
+    if [ ! -x .venv-bench/bin/vllm-router ]; then
+        echo "installing vllm-router into .venv-bench" >&2
+        python3 -m venv .venv-bench
+        .venv-bench/bin/pip install -q vllm-router==0.1.17
+    fi
+    PEER_ARGS=(--peer .venv-bench/bin/vllm-router)
+fi
+
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # shellcheck disable=SC2086
 python3 "$HERE/load.py" \
@@ -71,5 +83,5 @@ python3 "$HERE/load.py" \
     --fake-worker "$TARGET_DIR/release/caprl-fake-worker" \
     --bodies "$OUT/bodies" --log-dir "$OUT/logs" --json "$OUT/results.json" \
     --duration "$DURATION" --concurrency $CONCURRENCY --cases $CASES \
-    --pool-connections "$POOL_CONNECTIONS" ${EXTRA:-}
+    --pool-connections "$POOL_CONNECTIONS" "${PEER_ARGS[@]}" ${EXTRA:-}
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

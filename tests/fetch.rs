@@ -488,7 +488,10 @@ async fn every_address_class_is_refused_before_connecting() {
             "metadata.test",
             "resolves to a link-local address (169.254.0.0/16",
         ),
-        ("this-network.test", "resolves to a \"this network\" address"),
+        (
+            "this-network.test",
+            "resolves to a \"this network\" address",
+        ),
         ("ula.test", "resolves to a unique local address"),
         (
             "mapped.test",

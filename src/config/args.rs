@@ -1,6 +1,6 @@
 //! The settings themselves: one documented clap struct per section (`[server]`, `[limits]`,
-//! `[pool]`, `[engine]`, `[batch]`, `[fetch]`), each readable from flags, `CAPRL_…` variables and the
-//! TOML file, with clap's defaults as the one source of truth.
+//! `[pool]`, `[engine]`, `[batch]`, `[fetch]`), each readable from flags, `CAPRL_…` variables
+//! and the TOML file, with clap's defaults as the one source of truth.
 
 use clap::{Args, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -371,7 +371,12 @@ pub struct FetchArgs {
 
     /// Fetch plain `http://` URLs too (vLLM does). `--fetch-allow-http=false` refuses them
     /// (and redirects to them) with 400: only https.
-    #[arg(long = "fetch-allow-http", env = "CAPRL_FETCH_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(
+        long = "fetch-allow-http",
+        env = "CAPRL_FETCH_ALLOW_HTTP",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
     pub allow_http: bool,
 
     /// Only these hosts may be fetched from (empty: any public host): `example.com` exactly or

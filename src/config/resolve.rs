@@ -156,7 +156,8 @@ impl ServeArgs {
             ("fetch.allowed_hosts", &f.allowed_hosts),
             ("fetch.denied_hosts", &f.denied_hosts),
         ] {
-            for host in hosts {
+            // Empty entries (an empty environment variable) mean no rule.
+            for host in hosts.iter().filter(|h| !h.trim().is_empty()) {
                 crate::fetch::HostRule::parse(host).map_err(|m| config_error(field, m))?;
             }
         }

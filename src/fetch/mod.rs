@@ -120,6 +120,7 @@ impl Fetcher {
         let rules = |hosts: &[String]| {
             hosts
                 .iter()
+                .filter(|h| !h.trim().is_empty())
                 .map(|h| HostRule::parse(h).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()
         };

@@ -106,7 +106,7 @@ pub async fn send_admitted(
                 // client cycling through bad URLs would otherwise concentrate failures on one
                 // worker under least-outstanding and make it look like an outlier).
                 let fault = match fault {
-                    Fault::Request if req.remote_images > 0 => Fault::None,
+                    Fault::Request if !req.remote.is_empty() => Fault::None,
                     f => f,
                 };
                 // The body hash tells distinct requests apart; only failures pay for it.

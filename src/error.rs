@@ -11,6 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::time::Duration;
 
+/// `code` of a remote image URL the SSRF guard refused (see [`GatewayError::image_url_refused`]).
+pub const IMAGE_URL_REFUSED: &str = "image_url_refused";
+/// `code` of a remote image that could not be fetched ([`GatewayError::image_fetch_failed`]).
+pub const IMAGE_FETCH_FAILED: &str = "image_fetch_failed";
+
 /// Everything that can go wrong with one request, as the client is told about it.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -106,6 +111,26 @@ impl GatewayError {
             message: format!("Missing required parameter: '{param}'."),
             param: Some(param.into()),
             code: Some("missing_required_parameter"),
+        }
+    }
+
+    /// An image URL the SSRF guard will not fetch (`--fetch-remote-images`): 400
+    /// `image_url_refused`, with the reason.
+    pub fn image_url_refused(reason: impl std::fmt::Display, param: String) -> Self {
+        GatewayError::InvalidRequest {
+            message: format!("image URL refused: {reason}"),
+            param: Some(param),
+            code: Some(IMAGE_URL_REFUSED),
+        }
+    }
+
+    /// A remote image the gateway could not fetch (the server answered 404, timed out, could
+    /// not be reached): 400 `image_fetch_failed`, not a 5xx, since the URL is the client's.
+    pub fn image_fetch_failed(reason: impl std::fmt::Display, param: String) -> Self {
+        GatewayError::InvalidRequest {
+            message: format!("image fetch failed: {reason}"),
+            param: Some(param),
+            code: Some(IMAGE_FETCH_FAILED),
         }
     }
 

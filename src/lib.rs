@@ -11,7 +11,10 @@
 //!                 the key's tokens and concurrency slot, the drain guard, and the caption
 //!                 cache (cache.rs) in front of ③ for deterministic requests
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
-//!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens)
+//!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens);
+//!     fetch/      with --fetch-remote-images, state.rs's validate_as (the one entry for the
+//!                 handler and the batch runner) fetches each http(s) image under the SSRF
+//!                 guard (guard.rs, ip.rs) and validates again with data URLs in their place
 //!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the
 //!                 first byte, report each worker's outcome to ⑤; imports nothing from http/
 //!  ④ queue/       the model's admission queue: waits for a worker with room, 429 past its
@@ -46,6 +49,9 @@
 //!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
 //! - [`cache`]: the caption cache: whole answers to deterministic requests, by content hash.
+//! - [`fetch`]: remote images fetched by the gateway (opt-in): public addresses only, the
+//!   checked address is the one connected to, every redirect checked again; bounded in bytes,
+//!   time and concurrency.
 //! - [`tenant`]: API keys (a reloadable keys file) and each key's limits on this replica.
 //! - [`api`]: OpenAI wire types (only the fields the gateway reads).
 //! - [`workflow`]: the CapRL workflows as commands (`caprl-gateway caption`): OpenAI clients
@@ -61,6 +67,7 @@ pub mod dispatch;
 pub mod error;
 #[cfg(feature = "fake-worker")]
 pub mod fake_worker;
+pub mod fetch;
 pub mod files;
 pub mod http;
 pub mod metrics;

@@ -149,6 +149,49 @@ impl Outcome {
     }
 }
 
+/// How one remote image fetch ended, as `image_fetches_total`'s `outcome` label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Downloaded whole (its checks as an image come after, in validation).
+    Ok,
+    /// Refused by the SSRF guard before connecting (or on a redirect hop).
+    Refused,
+    /// The server answered, but not 2xx.
+    Status,
+    /// No answer: the name did not resolve, the connection or TLS failed, the body broke.
+    Error,
+    /// Past `--fetch-timeout-secs`.
+    Timeout,
+    /// Larger than `max_image_bytes`, or the request with its images past `max_body_bytes`.
+    TooLarge,
+    /// No `--fetch-max-concurrent` slot came free within the fetch's timeout.
+    Busy,
+}
+
+impl FetchOutcome {
+    pub const ALL: [FetchOutcome; 7] = [
+        FetchOutcome::Ok,
+        FetchOutcome::Refused,
+        FetchOutcome::Status,
+        FetchOutcome::Error,
+        FetchOutcome::Timeout,
+        FetchOutcome::TooLarge,
+        FetchOutcome::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchOutcome::Ok => "ok",
+            FetchOutcome::Refused => "refused",
+            FetchOutcome::Status => "status",
+            FetchOutcome::Error => "error",
+            FetchOutcome::Timeout => "timeout",
+            FetchOutcome::TooLarge => "too_large",
+            FetchOutcome::Busy => "busy",
+        }
+    }
+}
+
 /// A worker's health as `worker_health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthLevel {
@@ -211,6 +254,12 @@ pub struct Metrics {
     pub image_pixels: HistogramVec,
     /// Time to decode base64, read the header and hash one image.
     pub image_check: HistogramVec,
+    /// Remote images the gateway fetched (`--fetch-remote-images`), by [`FetchOutcome`].
+    pub image_fetches: IntCounterVec,
+    /// Bytes of fetched images (each fetch that passed, its whole body).
+    pub image_fetch_bytes: IntCounterVec,
+    /// Time one fetch took, from waiting for its slot to its last byte (every outcome).
+    pub image_fetch_duration: HistogramVec,
     /// Requests in flight per worker.
     pub worker_in_flight: IntGaugeVec,
     /// Worker health: 1 serving, 0.5 ejected or half-open, 0 down.
@@ -404,6 +453,22 @@ impl Metrics {
                 "Time to decode, read the header of and hash one image.",
                 &["format"],
                 pow2(0.00001, 16),
+            ),
+            image_fetches: counter(
+                "image_fetches_total",
+                "Remote images fetched by the gateway, by outcome.",
+                &["outcome"],
+            ),
+            image_fetch_bytes: counter(
+                "image_fetch_bytes_total",
+                "Bytes of remote images fetched by the gateway.",
+                &[],
+            ),
+            image_fetch_duration: histogram(
+                "image_fetch_duration_seconds",
+                "Time one remote image fetch took, waiting for its slot included.",
+                &[],
+                latency_buckets(),
             ),
             worker_in_flight: gauge(
                 "worker_in_flight",
@@ -662,6 +727,21 @@ impl Metrics {
     pub fn image_rejected(&self, format: Option<crate::validate::ImageFormat>) {
         let f = format.map_or("unknown", |f| f.as_str());
         self.images.with_label_values(&[f, "rejected"]).inc();
+    }
+
+    /// One remote image fetch ended: its outcome, its time, and its bytes when it passed.
+    pub fn image_fetched(&self, outcome: FetchOutcome, took: std::time::Duration, bytes: u64) {
+        self.image_fetches
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        self.image_fetch_duration
+            .with_label_values(&[] as &[&str])
+            .observe(took.as_secs_f64());
+        if outcome == FetchOutcome::Ok {
+            self.image_fetch_bytes
+                .with_label_values(&[] as &[&str])
+                .inc_by(bytes);
+        }
     }
 
     /// Visual tokens estimated for `model`'s requests.

@@ -6,6 +6,7 @@ use crate::batch::Batches;
 use crate::cache::Cache;
 use crate::config::{ServeArgs, WorkerTarget};
 use crate::error::GatewayError;
+use crate::fetch::Fetcher;
 use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::pool::discovery::{self, DnsTarget, Resolver, SystemResolver};
@@ -77,6 +78,8 @@ pub struct Inner {
     pub tenants: Arc<Tenants>,
     /// The caption cache; None unless `--cache-max-bytes` is set.
     pub cache: Option<Cache>,
+    /// The remote image fetcher; None unless `--fetch-remote-images` is set.
+    pub fetcher: Option<Fetcher>,
     /// Every background task (queues, probes, discovery, batch runners); stopped by `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
@@ -195,6 +198,17 @@ impl AppState {
             config.server.cache_ttl(),
             metrics.clone(),
         );
+        // The same resolver as discovery: a test that fixes what names resolve to fixes it for
+        // image hosts too.
+        let fetcher = match config.fetch.remote_images {
+            false => None,
+            true => Some(Fetcher::new(
+                &config.fetch,
+                &config.limits,
+                resolver.clone(),
+                metrics.clone(),
+            )?),
+        };
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -209,6 +223,7 @@ impl AppState {
             batches,
             tenants,
             cache,
+            fetcher,
             tasks,
             cancel,
         }));
@@ -222,7 +237,28 @@ impl AppState {
     /// line as the batch's owner): a [`ValidRequest`] or the error to answer. A model the
     /// caller's key may not use is not served, as far as the caller can tell, and an image
     /// named by file id must be one of the caller's own files.
-    pub fn validate_as(
+    ///
+    /// With `--fetch-remote-images`, a request that passed and has `http(s)` images gets them
+    /// fetched ([`Fetcher::inline`]) and is checked again with each one as a data URL: the
+    /// request that goes on is the one the client would have sent with the images inline.
+    pub async fn validate_as(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+        caller: &Caller,
+    ) -> Result<ValidRequest, GatewayError> {
+        let req = self.check_as(endpoint, body.clone(), caller)?;
+        match &self.fetcher {
+            Some(fetcher) if !req.remote.is_empty() => {
+                let body = fetcher.inline(&body, &req.remote).await?;
+                self.check_as(endpoint, body, caller)
+            }
+            _ => Ok(req),
+        }
+    }
+
+    /// [`AppState::validate_as`] without fetching: one synchronous pass.
+    fn check_as(
         &self,
         endpoint: Endpoint,
         body: bytes::Bytes,

@@ -396,7 +396,13 @@ impl LineTask {
             }
         };
         drop(bytes);
-        let mut req = match self.state.validate_as(self.endpoint, body, &caller) {
+        // Remote images are fetched here when the gateway fetches them: a line whose fetch
+        // fails is that line's error, and the batch goes on.
+        let checked = tokio::select! {
+            r = self.state.validate_as(self.endpoint, body, &caller) => r,
+            () = self.halt.cancelled() => return None,
+        };
+        let mut req = match checked {
             Ok(req) => req,
             Err(err) => return Some(failed(&line, &request_id, &err)),
         };

@@ -1,6 +1,6 @@
 //! The settings themselves: one documented clap struct per section (`[server]`, `[limits]`,
-//! `[pool]`, `[engine]`, `[batch]`), each readable from flags, `CAPRL_…` variables and the
-//! TOML file, with clap's defaults as the one source of truth.
+//! `[pool]`, `[engine]`, `[batch]`, `[fetch]`), each readable from flags, `CAPRL_…` variables
+//! and the TOML file, with clap's defaults as the one source of truth.
 
 use clap::{Args, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub batch: BatchArgs,
+
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 
     /// Per-model pool settings that override `[pool]`; only the TOML file can set these.
     #[arg(skip)]
@@ -345,6 +348,106 @@ impl BatchArgs {
     }
 }
 
+/// Remote images (`[fetch]`): off by default, when `http(s)://` image URLs go to the workers
+/// as they are (vLLM fetches them). On, the gateway downloads each one itself, checks it as it
+/// checks a data URL and sends the worker a data URL, so workers need no way out to the
+/// internet; every fetch goes through the SSRF guard (src/fetch/guard.rs): public addresses
+/// only, the address checked is the one connected to, every redirect checked again.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchArgs {
+    /// Download `http(s)://` images in the gateway and forward them as data URLs, checked like
+    /// any data URL (format, bytes, pixels, hash, visual tokens). Off: remote URLs are
+    /// forwarded unchecked for the worker to fetch.
+    #[arg(
+        long = "fetch-remote-images",
+        env = "CAPRL_FETCH_REMOTE_IMAGES",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub remote_images: bool,
+
+    /// Fetch plain `http://` URLs too (vLLM does). `--fetch-allow-http=false` refuses them
+    /// (and redirects to them) with 400: only https.
+    #[arg(
+        long = "fetch-allow-http",
+        env = "CAPRL_FETCH_ALLOW_HTTP",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_http: bool,
+
+    /// Only these hosts may be fetched from (empty: any public host): `example.com` exactly or
+    /// `*.example.com` for the hosts under it; repeat or separate with commas. The address
+    /// checks still apply.
+    #[arg(
+        long = "fetch-allowed-hosts",
+        env = "CAPRL_FETCH_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Hosts never fetched from, in the same patterns; a denied host is refused even when it
+    /// is also allowed.
+    #[arg(
+        long = "fetch-denied-hosts",
+        env = "CAPRL_FETCH_DENIED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub denied_hosts: Vec<String>,
+
+    /// Time to open a connection (TCP and TLS) to an image host.
+    #[arg(
+        long = "fetch-connect-timeout-secs",
+        env = "CAPRL_FETCH_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5.0
+    )]
+    pub connect_secs: f64,
+
+    /// Longest one image fetch may take, redirects and the whole body included, counted from
+    /// when it starts waiting for a `--fetch-max-concurrent` slot. Past it the request gets 400.
+    #[arg(
+        long = "fetch-timeout-secs",
+        env = "CAPRL_FETCH_TIMEOUT_SECS",
+        default_value_t = 20.0
+    )]
+    pub timeout_secs: f64,
+
+    /// Image fetches in flight at once, over all requests: each holds up to `max_image_bytes`
+    /// in memory while it downloads. Past it a fetch waits for a slot (inside its timeout), then
+    /// the request gets 429 with `retry-after`.
+    #[arg(
+        long = "fetch-max-concurrent",
+        env = "CAPRL_FETCH_MAX_CONCURRENT",
+        default_value_t = 64
+    )]
+    pub max_concurrent: usize,
+
+    /// UNSAFE, for tests: also fetch from loopback addresses (127.0.0.0/8, ::1). Every other
+    /// private, link-local or reserved address stays refused. Never set it in production: any
+    /// client could then reach the gateway's own host.
+    #[arg(
+        long = "fetch-allow-loopback",
+        env = "CAPRL_FETCH_ALLOW_LOOPBACK",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_loopback: bool,
+}
+
+impl FetchArgs {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_secs)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_secs)
+    }
+}
+
 /// `[pools.NAME]`: any subset of `[pool]`'s keys.
 pub type PoolOverrides = toml::Table;
 
@@ -434,7 +537,7 @@ macro_rules! defaults_from_clap {
         }
     )*};
 }
-defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs, BatchArgs);
+defaults_from_clap!(ServerArgs, LimitArgs, PoolArgs, EngineArgs, BatchArgs, FetchArgs);
 
 impl ServerArgs {
     pub fn header_read_timeout(&self) -> Duration {

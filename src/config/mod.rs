@@ -3,9 +3,9 @@
 //!
 //! Precedence, highest first: a flag on the command line, its environment variable, the file,
 //! the default. The file has the same names in sections (`[server]`, `[limits]`, `[pool]`,
-//! `[engine]`, `[batch]`), plus `[pools.NAME]` tables that override `[pool]` for one model's
-//! pool, which only the file can express. `deploy/README.md` and `README.md` carry the full
-//! table.
+//! `[engine]`, `[batch]`, `[fetch]`), plus `[pools.NAME]` tables that override `[pool]` for one
+//! model's pool, which only the file can express. `deploy/README.md` and `README.md` carry the
+//! full table.
 //!
 //! - `args.rs`: the settings, section by section, with their defaults and documentation.
 //! - `resolve.rs`: validation, which returns [`Resolved`] (workers parsed, pools merged).

@@ -140,6 +140,27 @@ impl ServeArgs {
         if b.max_file_bytes == 0 {
             return Err(config_error("batch.max_file_bytes", "must be positive"));
         }
+        let f = &self.fetch;
+        for (field, secs) in [
+            ("fetch.connect_secs", f.connect_secs),
+            ("fetch.timeout_secs", f.timeout_secs),
+        ] {
+            if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+                return Err(config_error(field, "must be a positive number of seconds"));
+            }
+        }
+        if f.max_concurrent == 0 {
+            return Err(config_error("fetch.max_concurrent", "must be positive"));
+        }
+        for (field, hosts) in [
+            ("fetch.allowed_hosts", &f.allowed_hosts),
+            ("fetch.denied_hosts", &f.denied_hosts),
+        ] {
+            // Empty entries (an empty environment variable) mean no rule.
+            for host in hosts.iter().filter(|h| !h.trim().is_empty()) {
+                crate::fetch::HostRule::parse(host).map_err(|m| config_error(field, m))?;
+            }
+        }
         self.pool.validate("pool")?;
         for name in self.pools.keys() {
             let settings = self.pool_settings(name)?;

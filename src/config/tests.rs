@@ -118,3 +118,51 @@ fn debug_redacts_the_api_key() {
     let a = serve(&["--worker", "http://h:1", "--api-key", "sekrit"]).expect("parses");
     assert!(!format!("{a:?}").contains("sekrit"));
 }
+
+#[test]
+fn remote_image_fetch_is_off_by_default_and_its_settings_are_checked() {
+    let a = serve(&["--worker", "http://127.0.0.1:9"]).expect("parses");
+    let f = &a.fetch;
+    assert!(!f.remote_images, "off unless asked");
+    assert!(f.allow_http);
+    assert!(!f.allow_loopback);
+    assert!(f.allowed_hosts.is_empty() && f.denied_hosts.is_empty());
+    assert_eq!(
+        (f.connect_secs, f.timeout_secs, f.max_concurrent),
+        (5.0, 20.0, 64)
+    );
+    let on = serve(&[
+        "--worker",
+        "http://127.0.0.1:9",
+        "--fetch-remote-images",
+        "--fetch-allow-http=false",
+        "--fetch-allowed-hosts",
+        "*.example.com,cdn.test",
+        "--fetch-denied-hosts",
+        "",
+    ])
+    .expect("parses");
+    assert!(on.fetch.remote_images && !on.fetch.allow_http);
+    assert_eq!(on.fetch.allowed_hosts, vec!["*.example.com", "cdn.test"]);
+    for (flags, field) in [
+        (
+            &["--fetch-allowed-hosts", "http://x/"][..],
+            "fetch.allowed_hosts",
+        ),
+        (
+            &["--fetch-denied-hosts", "h:8080"][..],
+            "fetch.denied_hosts",
+        ),
+        (&["--fetch-timeout-secs", "0"][..], "fetch.timeout_secs"),
+        (
+            &["--fetch-connect-timeout-secs", "nan"][..],
+            "fetch.connect_secs",
+        ),
+        (&["--fetch-max-concurrent", "0"][..], "fetch.max_concurrent"),
+    ] {
+        let mut args = vec!["--worker", "http://127.0.0.1:9"];
+        args.extend_from_slice(flags);
+        let err = serve(&args).expect_err(field);
+        assert_eq!(err.field, field, "{flags:?}: {err}");
+    }
+}

@@ -60,11 +60,14 @@ async fn handle(
         return err.into_response();
     };
     let mut model_hint = String::new();
-    let req = match body.and_then(|RawBody(bytes)| {
-        state
+    let checked = match body {
+        Ok(RawBody(bytes)) => state
             .validate_as(endpoint, bytes.clone(), &caller)
-            .inspect_err(|_| model_hint = served_model(&state, &caller, &bytes))
-    }) {
+            .await
+            .inspect_err(|_| model_hint = served_model(&state, &caller, &bytes)),
+        Err(err) => Err(err),
+    };
+    let req = match checked {
         Ok(req) => req,
         Err(err) => return refuse(&state, &id, &model_hint, err),
     };
@@ -253,7 +256,7 @@ struct VisualCost {
 impl VisualCost {
     fn of(req: &crate::validate::ValidRequest) -> VisualCost {
         VisualCost {
-            images: req.images.len() + req.remote_images,
+            images: req.images.len() + req.remote.len(),
             tokens: req.image_tokens,
         }
     }

@@ -55,7 +55,7 @@ impl RequestRecord {
                     i.hash >> 80
                 )
             })
-            .chain((0..req.remote_images).map(|_| "remote".to_string()))
+            .chain((0..req.remote.len()).map(|_| "remote".to_string()))
             .collect::<Vec<_>>()
             .join(",");
         RequestRecord {

@@ -16,7 +16,7 @@ fn request(priority: i64) -> ValidRequest {
         stream: false,
         client_wants_usage: false,
         images: Vec::new(),
-        remote_images: 0,
+        remote: Vec::new(),
         prompt_tokens: 10,
         image_tokens: 0,
         max_output_tokens: 10,

@@ -218,6 +218,14 @@ pub fn check_image(
     })
 }
 
+/// The format `data` looks like from its first bytes, if it is one the gateway accepts. Only a
+/// label: [`check_image`] decides.
+pub fn sniff(data: &[u8]) -> Option<ImageFormat> {
+    image::guess_format(data)
+        .ok()
+        .and_then(ImageFormat::from_image)
+}
+
 /// A data URL of `data`, with the media type of its sniffed `format`.
 pub fn data_url(format: ImageFormat, data: &[u8]) -> String {
     let b64 = base64_simd::STANDARD.encode_to_string(data);

@@ -16,7 +16,8 @@ use crate::error::GatewayError;
 use bytes::Bytes;
 pub use images::{ImageFormat, ImageInfo, ImageLimits};
 
-/// Visual tokens assumed for an `http(s)://` image the gateway does not fetch: Qwen2.5-VL's
+/// Visual tokens assumed for an `http(s)://` image the gateway does not fetch (or not yet):
+/// Qwen2.5-VL's
 /// tokens for a 1024×1024 image, a typical captioning input.
 pub const REMOTE_IMAGE_TOKENS: u64 = 1369;
 /// Output tokens assumed when the request names no `max_tokens`: CapRL's dense captions run
@@ -76,8 +77,9 @@ pub struct ValidRequest {
     pub client_wants_usage: bool,
     /// Images checked from data URLs, in order of appearance.
     pub images: Vec<ImageInfo>,
-    /// `http(s)://` images forwarded unchecked.
-    pub remote_images: usize,
+    /// `http(s)://` images, forwarded unchecked unless the gateway fetches them
+    /// (`crate::fetch`, which then validates the body again with data URLs in their place).
+    pub remote: Vec<RemoteImage>,
     /// Estimated prompt tokens: text bytes / 4 plus every image's visual tokens.
     pub prompt_tokens: u64,
     /// The images' share of `prompt_tokens`.
@@ -90,6 +92,36 @@ pub struct ValidRequest {
     /// each worker that interactive traffic leaves (`batch_share`). False from validation;
     /// the batch runner sets it.
     pub bulk: bool,
+}
+
+/// An `http(s)://` image URL and where it stands in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteImage {
+    /// Index into `messages`.
+    pub message: usize,
+    /// Index into that message's `content`.
+    pub part: usize,
+    pub url: String,
+}
+
+impl RemoteImage {
+    /// The field errors about this URL name: `messages[i].content[j].image_url.url`.
+    pub fn param(&self) -> String {
+        format!(
+            "messages[{}].content[{}].image_url.url",
+            self.message, self.part
+        )
+    }
+}
+
+/// `body` with the URL of each `(message, part, url)` image part replaced by `url` (fetched
+/// images as data URLs), everything else kept. Parsed and written again whole, keys sorted:
+/// only requests with fetched images pay for it.
+pub fn with_image_urls(
+    body: &[u8],
+    urls: &[(usize, usize, String)],
+) -> Result<Bytes, GatewayError> {
+    rewrite::replace_image_urls(body, urls)
 }
 
 impl ValidRequest {
@@ -170,7 +202,7 @@ pub fn validate_chat(
         .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE);
     let priority = view.priority.unwrap_or(0);
     let image_tokens = scan.images.iter().map(|i| i.tokens).sum::<u64>()
-        + scan.remote_images as u64 * REMOTE_IMAGE_TOKENS;
+        + scan.remote.len() as u64 * REMOTE_IMAGE_TOKENS;
 
     let forward = Forward {
         strip_priority: view.priority.is_some(),
@@ -193,7 +225,7 @@ pub fn validate_chat(
         stream,
         client_wants_usage,
         images: scan.images,
-        remote_images: scan.remote_images,
+        remote: scan.remote,
         prompt_tokens: scan.text_bytes.div_ceil(BYTES_PER_TOKEN) + image_tokens,
         image_tokens,
         max_output_tokens: max_tokens.saturating_mul(n as u64),
@@ -240,7 +272,7 @@ pub fn validate_completion(
         stream,
         client_wants_usage,
         images: Vec::new(),
-        remote_images: 0,
+        remote: Vec::new(),
         prompt_tokens,
         image_tokens: 0,
         max_output_tokens: max_tokens
@@ -421,7 +453,7 @@ fn measure_prompt(raw: &serde_json::value::RawValue) -> Result<(u64, u64), Gatew
 #[derive(Default)]
 struct Scan {
     images: Vec<ImageInfo>,
-    remote_images: usize,
+    remote: Vec<RemoteImage>,
     text_bytes: u64,
     /// Parts given as file ids, to be replaced by their data URL: (message, part, URL).
     inline: Vec<(usize, usize, String)>,
@@ -515,7 +547,7 @@ fn scan_part(
                     Some(format!("{param}.file_id")),
                 )
             })?;
-            if scan.images.len() + scan.remote_images >= max_images {
+            if scan.images.len() + scan.remote.len() >= max_images {
                 return Err(GatewayError::too_large(
                     format!("more than {max_images} images in one request"),
                     Some(param),
@@ -544,7 +576,7 @@ fn scan_part(
                 &|| format!("{param}."),
             )?;
             let url = &image_url.url;
-            if scan.images.len() + scan.remote_images >= max_images {
+            if scan.images.len() + scan.remote.len() >= max_images {
                 return Err(GatewayError::too_large(
                     format!("more than {max_images} images in one request"),
                     Some(param),
@@ -562,7 +594,11 @@ fn scan_part(
                         }
                     }
                 }
-                Some("http" | "https") if images::has_host(url) => scan.remote_images += 1,
+                Some("http" | "https") if images::has_host(url) => scan.remote.push(RemoteImage {
+                    message: i,
+                    part: j,
+                    url: url.to_string(),
+                }),
                 None if url.starts_with("file-") => {
                     inline_file(i, j, url, &format!("{param}.url"), limits, keep, opts, scan)?
                 }

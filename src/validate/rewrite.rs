@@ -72,6 +72,31 @@ pub fn inline_images(body: &[u8], parts: &[(usize, usize, String)]) -> Result<By
     Ok(Bytes::from(serde_json::to_vec(&value).map_err(invalid)?))
 }
 
+/// Set `messages[i].content[j].image_url.url` of each `(i, j, url)`, keeping the part's other
+/// fields (`detail`, …). The body is parsed and written again whole (keys in sorted order).
+pub fn replace_image_urls(
+    body: &[u8],
+    urls: &[(usize, usize, String)],
+) -> Result<Bytes, GatewayError> {
+    let invalid =
+        |e: serde_json::Error| GatewayError::invalid(format!("invalid JSON body: {e}"), None);
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    for (i, j, url) in urls {
+        let slot = value
+            .get_mut("messages")
+            .and_then(|m| m.get_mut(*i))
+            .and_then(|m| m.get_mut("content"))
+            .and_then(|c| c.get_mut(*j))
+            .and_then(|p| p.get_mut("image_url"))
+            .and_then(|u| u.get_mut("url"))
+            .ok_or_else(|| {
+                GatewayError::Internal("a fetched image is not where validation saw it".into())
+            })?;
+        *slot = serde_json::Value::String(url.clone());
+    }
+    Ok(Bytes::from(serde_json::to_vec(&value).map_err(invalid)?))
+}
+
 /// Ask for the usage chunk by prepending the field: one copy, no scan. Only valid when the
 /// body has no `stream_options` (a duplicate key would be ambiguous) and is a non-empty object.
 pub fn prepend_usage(body: &[u8]) -> Option<Bytes> {
@@ -140,6 +165,22 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "caprl");
         assert!(prepend_usage(b"[1]").is_none());
+    }
+
+    #[test]
+    fn replaces_only_the_url_of_the_named_parts() {
+        let body = br#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"https://a/x.png","detail":"high"}}]}]}"#;
+        let out = replace_image_urls(body, &[(0, 1, "data:image/png;base64,AAAA".into())])
+            .expect("rewrites");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        let part = &v["messages"][0]["content"][1];
+        assert_eq!(part["image_url"]["url"], "data:image/png;base64,AAAA");
+        assert_eq!(part["image_url"]["detail"], "high");
+        assert_eq!(v["messages"][0]["content"][0]["text"], "hi");
+        assert!(
+            replace_image_urls(body, &[(0, 0, "x".into())]).is_err(),
+            "a text part"
+        );
     }
 
     #[test]

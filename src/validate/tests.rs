@@ -57,7 +57,15 @@ fn images_are_measured() {
     );
     let v = run(&body).expect("valid");
     assert_eq!(v.images.len(), 1);
-    assert_eq!(v.remote_images, 1);
+    assert_eq!(
+        v.remote,
+        vec![RemoteImage {
+            message: 1,
+            part: 2,
+            url: "https://example.com/a.png".into()
+        }]
+    );
+    assert_eq!(v.remote[0].param(), "messages[1].content[2].image_url.url");
     assert_eq!(v.images[0].tokens, 6, "56x84 is 2x3 tokens");
     assert_eq!(v.image_tokens, 6 + REMOTE_IMAGE_TOKENS);
     assert_eq!(v.max_output_tokens, 20);
@@ -251,7 +259,7 @@ fn image_urls_workers_cannot_read_are_refused() {
         assert!(err.to_string().contains("host"), "{url}: {err}");
     }
     let v = run(&part("https://example.com/a.png")).expect("a remote image");
-    assert_eq!(v.remote_images, 1);
+    assert_eq!(v.remote.len(), 1);
 }
 
 #[test]

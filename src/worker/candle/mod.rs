@@ -62,7 +62,7 @@ impl CandleWorker {
             )));
         }
         let p = params::parse(&req.body).map_err(SendError::client)?;
-        if req.remote_images > 0 {
+        if !req.remote.is_empty() {
             return Err(SendError::client(GatewayError::invalid(
                 "the in-process engine takes images as data URLs only",
                 Some("messages".to_string()),

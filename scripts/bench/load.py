@@ -165,6 +165,18 @@ def ms(us):
     return f"{us / 1000:.2f}"
 
 
+def through(run: Runner, proc, port, wproc, wport, body, conns):
+    """One wrk run through a freshly started proxy (the gateway or the peer), which is stopped
+    after: wrk's result with the CPU of proxy and worker, the requests the worker saw, and the
+    proxy's peak RSS."""
+    try:
+        seen0 = worker_requests(wport)
+        r = run.wrk(port, body, conns, run.a.duration, watch=[proc.pid, wproc.pid])
+        return r, worker_requests(wport) - seen0, status_kb(proc.pid, "VmHWM")
+    finally:
+        stop(proc)
+
+
 def matrix(run: Runner, a):
     rows = []
     wproc, wport = run.worker()
@@ -176,26 +188,13 @@ def matrix(run: Runner, a):
                     log(f"== {body} c={conns}")
                     direct = run.wrk(wport, body, conns, a.duration, watch=[wproc.pid])
                     gproc, gport = run.gateway([wport])
-                    try:
-                        rss_idle = status_kb(gproc.pid, "VmRSS")
-                        seen0 = worker_requests(wport)
-                        via = run.wrk(gport, body, conns, a.duration,
-                                      watch=[gproc.pid, wproc.pid])
-                        seen = worker_requests(wport) - seen0
-                        hwm = status_kb(gproc.pid, "VmHWM")
-                    finally:
-                        stop(gproc)
+                    rss_idle = status_kb(gproc.pid, "VmRSS")
+                    via, seen, hwm = through(run, gproc, gport, wproc, wport, body, conns)
                     gw_cpu = via["cpu_s"][gproc.pid]
                     peer = None
                     if a.peer:
                         pproc, pport = run.peer([wport])
-                        try:
-                            seen0 = worker_requests(wport)
-                            pr = run.wrk(pport, body, conns, a.duration, watch=[pproc.pid])
-                            pseen = worker_requests(wport) - seen0
-                            phwm = status_kb(pproc.pid, "VmHWM")
-                        finally:
-                            stop(pproc)
+                        pr, pseen, phwm = through(run, pproc, pport, wproc, wport, body, conns)
                         peer = {"run": pr, "worker_saw": pseen, "hwm_kb": phwm,
                                 "cpu_us_per_req":
                                     pr["cpu_s"][pproc.pid] / max(pr["requests"], 1) * 1e6}

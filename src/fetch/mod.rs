@@ -178,7 +178,7 @@ impl Fetcher {
             .zip(fetched)
             .map(|(r, data)| (r.message, r.part, as_data_url(&data)))
             .collect();
-        validate::with_image_urls(body, &urls)
+        validate::replace_image_urls(body, &urls)
     }
 
     /// One image: its bytes, or the error to answer, counted either way.

@@ -15,10 +15,10 @@ use crate::config::LimitArgs;
 use crate::error::GatewayError;
 use bytes::Bytes;
 pub use images::{ImageFormat, ImageInfo, ImageLimits};
+pub use rewrite::replace_image_urls;
 
 /// Visual tokens assumed for an `http(s)://` image the gateway does not fetch (or not yet):
-/// Qwen2.5-VL's
-/// tokens for a 1024×1024 image, a typical captioning input.
+/// Qwen2.5-VL's tokens for a 1024×1024 image, a typical captioning input.
 pub const REMOTE_IMAGE_TOKENS: u64 = 1369;
 /// Output tokens assumed when the request names no `max_tokens`: CapRL's dense captions run
 /// to several hundred tokens.
@@ -112,16 +112,6 @@ impl RemoteImage {
             self.message, self.part
         )
     }
-}
-
-/// `body` with the URL of each `(message, part, url)` image part replaced by `url` (fetched
-/// images as data URLs), everything else kept. Parsed and written again whole, keys sorted:
-/// only requests with fetched images pay for it.
-pub fn with_image_urls(
-    body: &[u8],
-    urls: &[(usize, usize, String)],
-) -> Result<Bytes, GatewayError> {
-    rewrite::replace_image_urls(body, urls)
 }
 
 impl ValidRequest {

@@ -52,47 +52,49 @@ pub fn rewrite_body(
 }
 
 /// Replace the content parts at (message, part) by `image_url` parts with the given data URLs:
-/// images the client named by file id, inlined for the worker. The body is parsed and written
-/// again whole (keys in sorted order): only requests that name files pay for it.
+/// images the client named by file id, inlined for the worker.
 pub fn inline_images(body: &[u8], parts: &[(usize, usize, String)]) -> Result<Bytes, GatewayError> {
-    let invalid =
-        |e: serde_json::Error| GatewayError::invalid(format!("invalid JSON body: {e}"), None);
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
-    for (i, j, url) in parts {
-        let part = value
-            .get_mut("messages")
-            .and_then(|m| m.get_mut(*i))
-            .and_then(|m| m.get_mut("content"))
-            .and_then(|c| c.get_mut(*j))
-            .ok_or_else(|| {
-                GatewayError::Internal("an inlined part is not where validation saw it".into())
-            })?;
+    edit_parts(body, parts, |part, url| {
         *part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
-    }
-    Ok(Bytes::from(serde_json::to_vec(&value).map_err(invalid)?))
+        Some(())
+    })
 }
 
-/// Set `messages[i].content[j].image_url.url` of each `(i, j, url)`, keeping the part's other
-/// fields (`detail`, …). The body is parsed and written again whole (keys in sorted order).
+/// Set `messages[i].content[j].image_url.url` of each `(i, j, url)` (remote images fetched by
+/// the gateway, as data URLs), keeping the part's other fields (`detail`, …).
 pub fn replace_image_urls(
     body: &[u8],
     urls: &[(usize, usize, String)],
 ) -> Result<Bytes, GatewayError> {
+    edit_parts(body, urls, |part, url| {
+        *part.get_mut("image_url")?.get_mut("url")? = serde_json::Value::String(url.to_string());
+        Some(())
+    })
+}
+
+/// Apply `edit` to the content part at each (message, part) with its URL. The body is parsed
+/// and written again whole (keys in sorted order): only requests that name files or fetched
+/// images pay for it. A part that is not where validation saw it is a bug, not the client's.
+fn edit_parts(
+    body: &[u8],
+    parts: &[(usize, usize, String)],
+    edit: impl Fn(&mut serde_json::Value, &str) -> Option<()>,
+) -> Result<Bytes, GatewayError> {
     let invalid =
         |e: serde_json::Error| GatewayError::invalid(format!("invalid JSON body: {e}"), None);
     let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
-    for (i, j, url) in urls {
-        let slot = value
+    for (i, j, url) in parts {
+        value
             .get_mut("messages")
             .and_then(|m| m.get_mut(*i))
             .and_then(|m| m.get_mut("content"))
             .and_then(|c| c.get_mut(*j))
-            .and_then(|p| p.get_mut("image_url"))
-            .and_then(|u| u.get_mut("url"))
+            .and_then(|part| edit(part, url))
             .ok_or_else(|| {
-                GatewayError::Internal("a fetched image is not where validation saw it".into())
+                GatewayError::Internal(format!(
+                    "the image part messages[{i}].content[{j}] is not where validation saw it"
+                ))
             })?;
-        *slot = serde_json::Value::String(url.clone());
     }
     Ok(Bytes::from(serde_json::to_vec(&value).map_err(invalid)?))
 }

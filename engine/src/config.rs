@@ -8,6 +8,7 @@
 //! nested value winning when a key is in both. Every error names the file it comes from.
 
 use anyhow::{anyhow, bail, Context, Result};
+use caprl_image::Resample;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
@@ -378,12 +379,15 @@ pub struct PreprocessorConfig {
     pub patch_size: usize,
     pub merge_size: usize,
     pub temporal_patch_size: usize,
-    pub image_mean: [f32; 3],
-    pub image_std: [f32; 3],
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
     pub rescale_factor: f64,
     pub do_resize: bool,
     pub do_rescale: bool,
     pub do_normalize: bool,
+    /// Which processor's resize and arithmetic to reproduce; not in the file (transformers
+    /// picks the processor class, `use_fast`): the engine's `image_resize` option.
+    pub resample: Resample,
 }
 
 impl Default for PreprocessorConfig {
@@ -395,8 +399,10 @@ impl Default for PreprocessorConfig {
             patch_size: 14,
             merge_size: 2,
             temporal_patch_size: 2,
+            // OpenAI CLIP's, as transformers spells them.
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+            resample: Resample::default(),
             rescale_factor: 1.0 / 255.0,
             do_resize: true,
             do_rescale: true,
@@ -444,10 +450,10 @@ impl PreprocessorConfig {
     fn from_value(value: &Value, file: &str) -> Result<Self> {
         let raw: PreprocessorRaw = parse(value, file, "preprocessor config")?;
         let d = PreprocessorConfig::default();
-        let triple = |v: Option<Vec<f64>>, default: [f32; 3], what: &str| -> Result<[f32; 3]> {
+        let triple = |v: Option<Vec<f64>>, default: [f64; 3], what: &str| -> Result<[f64; 3]> {
             match v {
                 None => Ok(default),
-                Some(v) if v.len() == 3 => Ok([v[0] as f32, v[1] as f32, v[2] as f32]),
+                Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
                 Some(v) => bail!("{file}: {what} has {} values, expected 3", v.len()),
             }
         };
@@ -470,6 +476,7 @@ impl PreprocessorConfig {
             do_resize: raw.do_resize.unwrap_or(true),
             do_rescale: raw.do_rescale.unwrap_or(true),
             do_normalize: raw.do_normalize.unwrap_or(true),
+            resample: Resample::default(),
         };
         if cfg.patch_size == 0 || cfg.merge_size == 0 || cfg.temporal_patch_size == 0 {
             bail!("{file}: patch_size, merge_size and temporal_patch_size must be positive");

@@ -4,7 +4,8 @@
 //! The scheduler (`scheduler.rs`) keeps one [`IncrementalText`] per sequence, pushes each new
 //! token, and sends on what [`IncrementalText::ready`] gives: text is held back while it may
 //! be an incomplete UTF-8 character or the start of a stop string, and cut where a stop string
-//! begins. At the end of a sequence [`IncrementalText::finish`] hands out the rest.
+//! begins. At the end of a sequence [`IncrementalText::finish`] hands out the rest
+//! (an incomplete trailing character is dropped, as vLLM does).
 
 use tokenizers::Tokenizer;
 
@@ -105,15 +106,11 @@ impl IncrementalText {
         out
     }
 
-    /// Everything left, at the end of the sequence: ids whose bytes never completed a
-    /// character are decoded as they are (with U+FFFD), as vLLM's final output does.
-    pub fn finish(&mut self, tok: &Tokenizer) -> String {
-        if self.read < self.ids.len() {
-            if let Some(new) = self.decode_window(tok) {
-                self.text.push_str(&new);
-            }
-            self.read = self.ids.len();
-        }
+    /// Everything left, at the end of the sequence. Ids whose bytes never completed a
+    /// character are dropped, not shown as U+FFFD: vLLM's detokenizer (tokenizers'
+    /// `DecodeStream`) holds such ids back the same way and nothing flushes them at the end,
+    /// so both give the same text for the same ids.
+    pub fn finish(&mut self) -> String {
         let out = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
         out

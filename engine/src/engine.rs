@@ -15,6 +15,7 @@
 //! `Finished`. Dropping the receiver cancels the request at the next step boundary.
 
 use crate::backend::{ProcessedImage, StepModel};
+use crate::config::PreprocessorConfig;
 use crate::event::Event;
 use crate::metrics::EngineMetrics;
 use crate::model::Qwen25VL;
@@ -23,6 +24,7 @@ use crate::prompt::{Message, PromptBuilder};
 use crate::sampling::{ParamError, RequestSampling, SamplingDefaults};
 use crate::scheduler::{Scheduler, SchedulerConfig, Submission};
 use candle_core::{DType, Device};
+use caprl_image::Resample;
 use prometheus::Registry;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -107,6 +109,9 @@ pub struct EngineOptions {
     /// Take sampling defaults from `generation_config.json`, as vLLM does (its eos ids are
     /// taken either way).
     pub use_generation_config: bool,
+    /// Whose resize the image processor reproduces: torchvision's (vLLM's, the default) or
+    /// Pillow's (transformers' slow processor).
+    pub image_resize: Resample,
 }
 
 /// The type of the weights and activations.
@@ -173,7 +178,10 @@ impl Engine {
             defaults.eos_token_ids = model.eos_token_ids();
         }
         let prompts = PromptBuilder::from_model_dir(dir, model.spatial_merge_size())?;
-        let pre = model.preprocessor_config().clone();
+        let pre = PreprocessorConfig {
+            resample: opts.image_resize,
+            ..model.preprocessor_config().clone()
+        };
         let images: ImageProcessor = Arc::new(move |bytes: &[u8]| {
             let img = processor::decode_image(bytes)?;
             processor::preprocess(&img, &pre)

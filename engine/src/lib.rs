@@ -14,7 +14,8 @@
 //! engine.rs      the handle: check the sampling parameters, preprocess the images, build the
 //!                prompt, check lengths, queue; Engine::load assembles all of the below
 //! prompt.rs      plain messages -> chat template -> token ids, each <|image_pad|> expanded
-//! processor.rs   image bytes -> smart_resize, bicubic (antialiased, as the reference), normalise,
+//! processor.rs   image bytes -> smart_resize and resize (caprl-image: torchvision's or Pillow's
+//!                bicubic, bit-exact), rescale and normalise in that processor's arithmetic,
 //!                patchify -> pixel_values (grid_t*grid_h*grid_w, 3*2*14*14) and grid_thw
 //! scheduler.rs   the engine's thread: joins the running batch at a step boundary under the
 //!                token budget and the KV cache, one batched decode step for every sequence
@@ -47,6 +48,8 @@ pub mod prompt;
 pub mod sampling;
 pub mod scheduler;
 
+/// The image resize reference (`EngineOptions::image_resize`).
+pub use caprl_image::Resample;
 pub use engine::{
     Dtype, Engine, EngineOptions, GenerateRequest, Generation, SubmitError, EVENT_CHANNEL,
 };

@@ -1,23 +1,27 @@
-//! Image preprocessing, bit-for-bit as transformers' `Qwen2VLImageProcessorPil` does it.
+//! Image preprocessing for the vision tower, bit-for-bit as transformers' Qwen2-VL image
+//! processors do it: smart_resize and the resize itself come from `caprl-image` (the same code
+//! the gateway resizes with), in one of two references chosen by
+//! [`PreprocessorConfig::resample`]:
+//! - torchvision (the default; transformers 5's default processor, and so vLLM): antialiased
+//!   bicubic on uint8, then rescale and normalise fused into one step in float32, as
+//!   `_fuse_mean_std_and_rescale_factor` does: `(v - mean·(1/rescale)) / (std·(1/rescale))`;
+//! - Pillow (`Qwen2VLImageProcessorPil`): Pillow's bicubic, then rescale (a double multiply,
+//!   cast to float32) and normalise by the float32 mean and std.
 //!
-//! Owns decoding image bytes to RGB, `smart_resize` (both sides multiples of
-//! `patch_size * merge_size`, area within `[min_pixels, max_pixels]`, Python's round-half-even),
-//! the resize itself — a port of Pillow's `Image.resize(..., BICUBIC)` (`libImaging/Resample.c`:
-//! separable, antialiased cubic with a = -0.5 whose support widens with the downscale factor,
-//! coefficients in 22-bit fixed point, horizontal pass first, each pass rounded and clipped to
-//! uint8) — then rescale (f64 multiply, cast to f32), normalisation by mean/std (f32), and the
-//! patchify of `Qwen2VLImageProcessorPil.patchify`, the single frame repeated
+//! Then the patchify of `Qwen2VLImageProcessor`, the single frame repeated
 //! `temporal_patch_size` times.
 
 use crate::backend::ProcessedImage;
 use crate::config::PreprocessorConfig;
 use anyhow::{bail, Context, Result};
+use caprl_image::Resample;
 use image::RgbImage;
 
 /// Decodes PNG/JPEG/WebP/GIF/BMP bytes to 8-bit RGB (alpha dropped, as PIL's `convert("RGB")`).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
-    let img = image::load_from_memory(bytes).context("cannot decode image")?;
-    Ok(img.to_rgb8())
+    Ok(caprl_image::decode_rgb(bytes)
+        .context("cannot decode image")?
+        .rgb)
 }
 
 /// transformers' `smart_resize`: the (height, width) an image is resized to.
@@ -28,151 +32,51 @@ pub fn smart_resize(
     min_pixels: usize,
     max_pixels: usize,
 ) -> Result<(usize, usize)> {
-    if height == 0 || width == 0 {
-        bail!("image has no pixels ({width}x{height})");
-    }
-    let (h, w, f) = (height as f64, width as f64, factor as f64);
-    let ratio = h.max(w) / h.min(w);
-    if ratio > 200.0 {
-        bail!("absolute aspect ratio must be smaller than 200, got {ratio}");
-    }
-    // Python's round() rounds halves to even.
-    let mut h_bar = (h / f).round_ties_even() as usize * factor;
-    let mut w_bar = (w / f).round_ties_even() as usize * factor;
-    if h_bar * w_bar > max_pixels {
-        let beta = ((h * w) / max_pixels as f64).sqrt();
-        h_bar = factor.max((h / beta / f).floor() as usize * factor);
-        w_bar = factor.max((w / beta / f).floor() as usize * factor);
-    } else if h_bar * w_bar < min_pixels {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        h_bar = (h * beta / f).ceil() as usize * factor;
-        w_bar = (w * beta / f).ceil() as usize * factor;
-    }
-    Ok((h_bar, w_bar))
+    Ok(caprl_image::smart_resize(
+        height, width, factor, min_pixels, max_pixels,
+    )?)
 }
 
-/// Pillow's `PRECISION_BITS` for 8-bit images.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Pillow's bicubic kernel (a = -0.5).
-fn bicubic_filter(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
+/// Per channel, the float32 `x` for a uint8 `v` is `(v·scale - shift) / div`, each path's
+/// arithmetic kept: `rescale` applies first (in f64, then cast) on the Pillow path only.
+struct Normalise {
+    fused: bool,
+    rescale: Option<f64>,
+    mean: [f32; 3],
+    std: [f32; 3],
+    normalise: bool,
 }
 
-/// One axis' resampling plan: for each output pixel, the first input index, the number of taps
-/// and the fixed-point coefficients (`ksize` slots each).
-struct Coeffs {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    kk: Vec<i32>,
-}
-
-/// `precompute_coeffs` + `normalize_coeffs_8bpc` of Pillow, for the box (0, in_size).
-fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
-    const SUPPORT: f64 = 2.0;
-    let scale = in_size as f32 as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = SUPPORT * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut kk = vec![0i32; out_size * ksize];
-    let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C casts truncate toward zero.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin).min(ksize);
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(n) {
-            let w = bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
+impl Normalise {
+    fn new(cfg: &PreprocessorConfig) -> Self {
+        let fused = cfg.resample == Resample::Torchvision && cfg.do_rescale && cfg.do_normalize;
+        // `torch.tensor(mean) * (1.0 / rescale_factor)`: a float32 tensor times a Python float,
+        // so the product is taken in float32.
+        let inverse = (1.0 / cfg.rescale_factor) as f32;
+        let f = |v: f64| if fused { v as f32 * inverse } else { v as f32 };
+        Normalise {
+            fused,
+            rescale: cfg.do_rescale.then_some(cfg.rescale_factor),
+            mean: cfg.image_mean.map(f),
+            std: cfg.image_std.map(f),
+            normalise: cfg.do_normalize,
         }
-        for (x, kx) in k.iter().enumerate().take(n) {
-            let v = if ww != 0.0 { kx / ww } else { *kx };
-            let fixed = v * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 {
-                (-0.5 + fixed) as i32
-            } else {
-                (0.5 + fixed) as i32
-            };
-        }
-        bounds.push((xmin, n));
     }
-    Coeffs { ksize, bounds, kk }
-}
 
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// Resizes like Pillow's `Image.resize((width, height), Image.BICUBIC)` on an RGB image.
-pub fn resize_bicubic(src: &RgbImage, width: usize, height: usize) -> RgbImage {
-    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
-    let mut data: Vec<u8> = src.as_raw().clone();
-    let mut cur_w = in_w;
-    if width != in_w {
-        let c = precompute_coeffs(in_w, width);
-        let mut out = vec![0u8; width * in_h * 3];
-        for y in 0..in_h {
-            let row = &data[y * in_w * 3..(y + 1) * in_w * 3];
-            for (xx, &(xmin, n)) in c.bounds.iter().enumerate() {
-                let k = &c.kk[xx * c.ksize..xx * c.ksize + n];
-                let mut ss = [1i64 << (PRECISION_BITS - 1); 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &row[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    for (s, &v) in ss.iter_mut().zip(p) {
-                        *s += v as i64 * kx as i64;
-                    }
-                }
-                let o = (y * width + xx) * 3;
-                for (d, &s) in out[o..o + 3].iter_mut().zip(&ss) {
-                    *d = clip8(s);
-                }
-            }
+    fn apply(&self, c: usize, v: u8) -> f32 {
+        if self.fused {
+            return (f32::from(v) - self.mean[c]) / self.std[c];
         }
-        data = out;
-        cur_w = width;
-    }
-    if height != in_h {
-        let c = precompute_coeffs(in_h, height);
-        let mut out = vec![0u8; cur_w * height * 3];
-        for (yy, &(ymin, n)) in c.bounds.iter().enumerate() {
-            let k = &c.kk[yy * c.ksize..yy * c.ksize + n];
-            for x in 0..cur_w {
-                let mut ss = [1i64 << (PRECISION_BITS - 1); 3];
-                for (y, &ky) in k.iter().enumerate() {
-                    let i = ((ymin + y) * cur_w + x) * 3;
-                    for (s, &v) in ss.iter_mut().zip(&data[i..i + 3]) {
-                        *s += v as i64 * ky as i64;
-                    }
-                }
-                let o = (yy * cur_w + x) * 3;
-                for (d, &s) in out[o..o + 3].iter_mut().zip(&ss) {
-                    *d = clip8(s);
-                }
-            }
+        let x = match self.rescale {
+            Some(r) => (f64::from(v) * r) as f32,
+            None => f32::from(v),
+        };
+        if self.normalise {
+            (x - self.mean[c]) / self.std[c]
+        } else {
+            x
         }
-        data = out;
     }
-    RgbImage::from_raw(width as u32, height as u32, data)
-        .expect("resize output has width*height*3 bytes; this is a bug")
 }
 
 /// Resize, rescale, normalise and patchify one image for the vision tower.
@@ -185,7 +89,7 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessorConfig) -> Result<Processe
         if (rh, rw) == (h, w) {
             image
         } else {
-            resized = resize_bicubic(image, rw, rh);
+            resized = caprl_image::resize(image, rw, rh, cfg.resample);
             &resized
         }
     } else {
@@ -198,24 +102,16 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessorConfig) -> Result<Processe
     // (C, H, W) f32, as the processor's numpy arrays.
     let mut chw = vec![0f32; 3 * h * w];
     let raw = img.as_raw();
+    let norm = Normalise::new(cfg);
     for c in 0..3 {
         for i in 0..h * w {
-            let v = raw[i * 3 + c];
-            let mut x = if cfg.do_rescale {
-                (v as f64 * cfg.rescale_factor) as f32
-            } else {
-                v as f32
-            };
-            if cfg.do_normalize {
-                x = (x - cfg.image_mean[c]) / cfg.image_std[c];
-            }
-            chw[c * h * w + i] = x;
+            chw[c * h * w + i] = norm.apply(c, raw[i * 3 + c]);
         }
     }
     Ok(patchify(&chw, h, w, cfg))
 }
 
-/// `Qwen2VLImageProcessorPil.patchify`: rows ordered (block row, block col, row in block, col in
+/// `Qwen2VLImageProcessor`'s patchify: rows ordered (block row, block col, row in block, col in
 /// block) over `merge_size` blocks, columns (channel, temporal copy, patch row, patch col).
 fn patchify(chw: &[f32], h: usize, w: usize, cfg: &PreprocessorConfig) -> ProcessedImage {
     let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
@@ -242,33 +138,5 @@ fn patchify(chw: &[f32], h: usize, w: usize, cfg: &PreprocessorConfig) -> Proces
     ProcessedImage {
         pixel_values: out,
         grid_thw: [1, gh, gw],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smart_resize_rounds_half_to_even() {
-        // 70 px -> 2.5 -> 2 (not 3) -> 56
-        assert_eq!(smart_resize(70, 70, 28, 3136, 28224).expect("ok"), (56, 56));
-        assert_eq!(
-            smart_resize(200, 300, 28, 3136, 28224).expect("ok"),
-            (112, 196)
-        );
-        assert_eq!(smart_resize(30, 20, 28, 3136, 28224).expect("ok"), (84, 56));
-        assert_eq!(
-            smart_resize(1080, 1920, 28, 3136, 12845056).expect("ok"),
-            (1092, 1932)
-        );
-        assert!(smart_resize(1, 300, 28, 3136, 28224).is_err());
-    }
-
-    #[test]
-    fn resize_to_same_size_is_identity_per_axis() {
-        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8 * 40, y as u8 * 50, 7]));
-        let out = resize_bicubic(&img, 5, 4);
-        assert_eq!(out.as_raw(), img.as_raw());
     }
 }

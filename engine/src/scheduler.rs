@@ -389,18 +389,18 @@ impl<M: StepModel> Scheduler<M> {
         let text;
         if p.eos_token_ids.contains(&token) {
             finish = Some((FinishReason::Stop, None));
-            text = seq.text.finish(&self.tokenizer);
+            text = seq.text.finish();
         } else if p.stop_token_ids.contains(&token) {
             finish = Some((FinishReason::Stop, Some(StopReason::Token(token))));
-            text = seq.text.finish(&self.tokenizer);
+            text = seq.text.finish();
         } else {
             let stopped = seq.text.push(&self.tokenizer, token);
             if let Some(s) = stopped {
                 finish = Some((FinishReason::Stop, Some(StopReason::Text(s))));
-                text = seq.text.finish(&self.tokenizer);
+                text = seq.text.finish();
             } else if seq.counts.generated() >= p.max_tokens.unwrap_or(usize::MAX) {
                 finish = Some((FinishReason::Length, None));
-                text = seq.text.finish(&self.tokenizer);
+                text = seq.text.finish();
             } else {
                 text = seq.text.ready();
             }

@@ -7,7 +7,7 @@ mod common;
 
 use caprl_engine::{
     Dtype, Engine, EngineOptions, Event, FinishReason, GenerateRequest, Message, Part,
-    RequestSampling,
+    RequestSampling, Resample,
 };
 use common::*;
 use serde_json::Value;
@@ -22,6 +22,8 @@ fn options(use_generation_config: bool) -> EngineOptions {
         step_token_budget: 4096,
         kv_cache_tokens: 8192,
         use_generation_config,
+        // The references were made with transformers' slow (Pillow) processor.
+        image_resize: Resample::Pil,
     }
 }
 

@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use caprl_engine::backend::{PromptInput, StepModel};
 use caprl_engine::config::PreprocessorConfig;
 use caprl_engine::model::{rope_index, Qwen25VL};
-use caprl_engine::processor::{decode_image, resize_bicubic};
+use caprl_engine::processor::decode_image;
+use caprl_engine::Resample;
 use common::*;
 
 #[test]
@@ -27,7 +28,7 @@ fn pixel_values_match_reference() {
             std::fs::read(fixtures().join(format!("images/{name}.png"))).expect("image file");
         let img = decode_image(&bytes).expect("decodes");
         let (shape, rgb) = refs.get(&format!("{name}.resized_rgb"));
-        let resized = resize_bicubic(&img, shape[1], shape[0]);
+        let resized = caprl_image::resize(&img, shape[1], shape[0], Resample::Pil);
         let rgb_diff = resized
             .as_raw()
             .iter()

@@ -415,7 +415,7 @@ fn incremental_text_holds_back_partial_characters_and_stop_prefixes() {
         assert!(!chunk.contains('\u{FFFD}'), "{chunk:?}");
         out.push_str(&chunk);
     }
-    out.push_str(&inc.finish(tok));
+    out.push_str(&inc.finish());
     assert_eq!(out, text);
 
     let mut inc = IncrementalText::new(vec!["rld 日".into()]);
@@ -430,7 +430,29 @@ fn incremental_text_holds_back_partial_characters_and_stop_prefixes() {
         out.push_str(&chunk);
         assert!(!out.contains("rld"), "held back: {out:?}");
     }
-    out.push_str(&inc.finish(tok));
+    out.push_str(&inc.finish());
     assert_eq!(stopped.as_deref(), Some("rld 日"));
     assert_eq!(out, "héllo wö");
+}
+
+#[test]
+fn a_sequence_cut_inside_a_character_ends_without_it() {
+    // As vLLM's detokenizer: the ids of an unfinished character are never shown, not even as
+    // U+FFFD at the end.
+    let prompts = PromptBuilder::from_model_dir(&model_dir(), 2).unwrap();
+    let tok = prompts.tokenizer();
+    let ids = tok.encode("ok 𝔘𝔘", false).unwrap().get_ids().to_vec();
+    let cut = (1..ids.len())
+        .find(|&n| tok.decode(&ids[..n], true).unwrap().ends_with('\u{FFFD}'))
+        .expect("the byte-level tokenizer splits a 4-byte character over ids");
+    let mut inc = IncrementalText::new(Vec::new());
+    let mut out = String::new();
+    for &id in &ids[..cut] {
+        inc.push(tok, id);
+        out.push_str(&inc.ready());
+    }
+    out.push_str(&inc.finish());
+    let whole = tok.decode(&ids[..cut], true).unwrap();
+    assert_eq!(out, whole.trim_end_matches('\u{FFFD}'));
+    assert!(!out.contains('\u{FFFD}'), "{out:?}");
 }

@@ -510,6 +510,34 @@ pub struct EngineArgs {
     /// `--engine-generation-config=false` uses plain OpenAI defaults instead.
     #[arg(long = "engine-generation-config", env = "CAPRL_ENGINE_GENERATION_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
     pub use_generation_config: bool,
+
+    /// Whose image resize the engine reproduces bit for bit: torchvision's antialiased bicubic
+    /// (transformers' default processor, which vLLM uses: the engine then sees the pixels a
+    /// vLLM worker sees) or Pillow's (transformers' slow `use_fast=False` processor).
+    #[arg(
+        long = "engine-image-resize",
+        env = "CAPRL_ENGINE_IMAGE_RESIZE",
+        value_enum,
+        default_value_t = ImageResize::Torchvision
+    )]
+    pub image_resize: ImageResize,
+}
+
+/// An image resize reference (`caprl_image::Resample`), as configuration spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageResize {
+    Torchvision,
+    Pil,
+}
+
+impl From<ImageResize> for caprl_image::Resample {
+    fn from(r: ImageResize) -> Self {
+        match r {
+            ImageResize::Torchvision => caprl_image::Resample::Torchvision,
+            ImageResize::Pil => caprl_image::Resample::Pil,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]

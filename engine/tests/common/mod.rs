@@ -7,6 +7,7 @@ use caprl_engine::backend::ProcessedImage;
 use caprl_engine::config::PreprocessorConfig;
 use caprl_engine::model::Qwen25VL;
 use caprl_engine::processor::{decode_image, preprocess};
+use caprl_engine::Resample;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,7 +138,13 @@ pub fn image_names() -> Vec<String> {
         .collect()
 }
 
+/// The fixture image `name` through the engine's processor on the Pillow path: the model
+/// references were made with transformers' slow (Pillow) processor.
 pub fn processed(name: &str, cfg: &PreprocessorConfig) -> ProcessedImage {
     let bytes = std::fs::read(fixtures().join(format!("images/{name}.png"))).expect("image file");
-    preprocess(&decode_image(&bytes).expect("decodes"), cfg).expect("preprocesses")
+    let cfg = PreprocessorConfig {
+        resample: Resample::Pil,
+        ..cfg.clone()
+    };
+    preprocess(&decode_image(&bytes).expect("decodes"), &cfg).expect("preprocesses")
 }

@@ -44,6 +44,7 @@ impl CandleWorker {
             step_token_budget: args.step_token_budget,
             kv_cache_tokens: args.kv_cache_tokens,
             use_generation_config: args.use_generation_config,
+            image_resize: args.image_resize.into(),
         };
         let engine = Engine::load(dir, &opts, registry, served_model_name)?;
         Ok(CandleWorker { engine })

@@ -236,6 +236,8 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     counters: Counters,
     last_request: Mutex<Option<Value>>,
+    /// The data URLs of the last request, whole (`last_request` shortens them).
+    last_data_urls: Mutex<Vec<String>>,
     name: String,
 }
 
@@ -249,6 +251,7 @@ impl FakeWorker {
             behaviour: Mutex::new(behaviour),
             counters: Counters::default(),
             last_request: Mutex::new(None),
+            last_data_urls: Mutex::new(Vec::new()),
             name: name.into(),
         }))
     }
@@ -293,6 +296,15 @@ impl FakeWorker {
 
     pub fn stats(&self) -> Value {
         stats_value(&self.0)
+    }
+
+    /// Every `data:` string of the last request, whole, in the order of the body.
+    pub fn last_data_urls(&self) -> Vec<String> {
+        self.0
+            .last_data_urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn behaviour(&self) -> Behaviour {
@@ -411,6 +423,16 @@ fn remote_image_url(req: &Value) -> Option<&str> {
 }
 
 /// Elide data URLs so the stats stay small and never echo image bytes.
+/// Every `data:` string in `v`, in order.
+fn data_urls(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.starts_with("data:") => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| data_urls(v, out)),
+        Value::Object(o) => o.values().for_each(|v| data_urls(v, out)),
+        _ => {}
+    }
+}
+
 fn elide(v: &mut Value) {
     match v {
         Value::String(s) if s.starts_with("data:") => {
@@ -458,6 +480,9 @@ async fn answer(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let mut urls = Vec::new();
+    data_urls(&req, &mut urls);
+    *w.0.last_data_urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
     let mut seen = req.clone();
     elide(&mut seen);
     let request_id = headers

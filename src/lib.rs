@@ -15,6 +15,9 @@
 //!     fetch/      with --fetch-remote-images, state.rs's validate_as (the one entry for the
 //!                 handler and the batch runner) fetches each http(s) image under the SSRF
 //!                 guard (guard.rs, ip.rs) and validates again with data URLs in their place
+//!     resize.rs   for pools with resize = "max-pixels", images above the pixel budget
+//!                 resized to their smart_resize target as vLLM's processor would (caprl-image)
+//!                 and sent as PNG; validated again, the client's image hashes kept
 //!  ③ dispatch     the one driver: admit through ④, send through ⑥, fail over before the
 //!                 first byte, report each worker's outcome to ⑤; imports nothing from http/
 //!  ④ queue/       the model's admission queue: waits for a worker with room, 429 past its
@@ -49,6 +52,8 @@
 //!   resolved settings (`resolve.rs`: workers parsed, per-model pools merged).
 //! - [`serve`], [`state`], [`shutdown`], [`telemetry`]: process life: build, serve, drain, log.
 //! - [`cache`]: the caption cache: whole answers to deterministic requests, by content hash.
+//! - [`resize`]: images shrunk to the model's pixel budget at the edge (opt-in per pool), with
+//!   the pixels vLLM's processor would make, so the answer is unchanged.
 //! - [`fetch`]: remote images fetched by the gateway (opt-in): public addresses only, the
 //!   checked address is the one connected to, every redirect checked again; bounded in bytes,
 //!   time and concurrency.
@@ -73,6 +78,7 @@ pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod queue;
+pub mod resize;
 pub mod serve;
 pub mod shutdown;
 pub mod state;

@@ -149,6 +149,33 @@ impl Outcome {
     }
 }
 
+/// What the resize to the pixel budget did with one image above it, as
+/// `image_resizes_total`'s `outcome` label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeOutcome {
+    /// Resized to its target and forwarded as PNG.
+    Resized,
+    /// Resized, but the PNG was not smaller than what the client sent: the original went on
+    /// (the worker resizes it to the same pixels).
+    Larger,
+    /// Not resized: its decoder is not known to give Pillow's pixels (a CMYK JPEG, a 16-bit
+    /// PNG), so the gateway's pixels could differ from the worker's.
+    NotExact,
+    /// Not resized: it did not decode whole (the worker will say so).
+    Undecodable,
+}
+
+impl ResizeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResizeOutcome::Resized => "resized",
+            ResizeOutcome::Larger => "larger",
+            ResizeOutcome::NotExact => "not_exact",
+            ResizeOutcome::Undecodable => "undecodable",
+        }
+    }
+}
+
 /// How one remote image fetch ended, as `image_fetches_total`'s `outcome` label names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -260,6 +287,12 @@ pub struct Metrics {
     pub image_fetch_bytes: IntCounterVec,
     /// Time one fetch took, from waiting for its slot to its last byte (every outcome).
     pub image_fetch_duration: HistogramVec,
+    /// Images above the pixel budget in pools that resize them, by [`ResizeOutcome`].
+    pub image_resizes: IntCounterVec,
+    /// Image bytes of requests to resizing pools: `in` as received, `out` as forwarded.
+    pub image_resize_bytes: IntCounterVec,
+    /// Time to decode, resize and encode one request's images.
+    pub image_resize_duration: HistogramVec,
     /// Requests in flight per worker.
     pub worker_in_flight: IntGaugeVec,
     /// Worker health: 1 serving, 0.5 ejected or half-open, 0 down.
@@ -467,6 +500,22 @@ impl Metrics {
             image_fetch_duration: histogram(
                 "image_fetch_duration_seconds",
                 "Time one remote image fetch took, waiting for its slot included.",
+                &[],
+                latency_buckets(),
+            ),
+            image_resizes: counter(
+                "image_resizes_total",
+                "Images above the pixel budget in resizing pools, by outcome.",
+                &["outcome"],
+            ),
+            image_resize_bytes: counter(
+                "image_resize_bytes_total",
+                "Image bytes of requests to resizing pools, as received (in) and forwarded (out).",
+                &["stage"],
+            ),
+            image_resize_duration: histogram(
+                "image_resize_duration_seconds",
+                "Time to decode, resize and encode one request's images above the pixel budget.",
                 &[],
                 latency_buckets(),
             ),
@@ -730,6 +779,33 @@ impl Metrics {
     }
 
     /// One remote image fetch ended: its outcome, its time, and its bytes when it passed.
+    pub fn image_resized(&self, outcome: ResizeOutcome) {
+        self.image_resizes
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// One request to a resizing pool: its image bytes as received and as forwarded, and the
+    /// time its resizes took (`None`: nothing needed resizing).
+    pub fn images_forwarded(
+        &self,
+        received: u64,
+        forwarded: u64,
+        took: Option<std::time::Duration>,
+    ) {
+        self.image_resize_bytes
+            .with_label_values(&["in"])
+            .inc_by(received);
+        self.image_resize_bytes
+            .with_label_values(&["out"])
+            .inc_by(forwarded);
+        if let Some(took) = took {
+            self.image_resize_duration
+                .with_label_values(&[] as &[&str])
+                .observe(took.as_secs_f64());
+        }
+    }
+
     pub fn image_fetched(&self, outcome: FetchOutcome, took: std::time::Duration, bytes: u64) {
         self.image_fetches
             .with_label_values(&[outcome.as_str()])

@@ -4,7 +4,7 @@
 
 use crate::batch::Batches;
 use crate::cache::Cache;
-use crate::config::{ServeArgs, WorkerTarget};
+use crate::config::{ResizeImages, ServeArgs, WorkerTarget};
 use crate::error::GatewayError;
 use crate::fetch::Fetcher;
 use crate::files::Files;
@@ -12,11 +12,12 @@ use crate::metrics::Metrics;
 use crate::pool::discovery::{self, DnsTarget, Resolver, SystemResolver};
 use crate::pool::{probe, HealthPolicy, Members, Worker};
 use crate::queue::QueueHandle;
+use crate::resize::{ResizeChoice, Resizer};
 use crate::shutdown::Drain;
 use crate::store::{self, sqlite::Sqlite};
 use crate::tenant::{Caller, Tenants};
 use crate::validate::{
-    validate_chat, validate_completion, Endpoint, ValidRequest, ValidateOptions,
+    self, validate_chat, validate_completion, Endpoint, ImageLimits, ValidRequest, ValidateOptions,
 };
 use crate::worker::{self, Backend};
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ pub struct Pool {
     pub queue: QueueHandle,
     /// Its workers run in this process and need decoded image bytes.
     pub in_process: bool,
+    /// Its images above the pixel budget are resized here (`resize = "max-pixels"`).
+    pub resize: bool,
     /// The HTTP client every worker shares (a cheap clone of one connection pool).
     client: reqwest::Client,
     metrics: Metrics,
@@ -80,6 +83,8 @@ pub struct Inner {
     pub cache: Option<Cache>,
     /// The remote image fetcher; None unless `--fetch-remote-images` is set.
     pub fetcher: Option<Fetcher>,
+    /// Shrinks images to the pixel budget for pools that ask for it.
+    pub resizer: Resizer,
     /// Every background task (queues, probes, discovery, batch runners); stopped by `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
@@ -114,6 +119,7 @@ impl AppState {
         let mut pools = BTreeMap::new();
         for (model, targets) in resolved.workers {
             let settings = resolved.pools[&model].clone();
+            let resize = settings.resize == ResizeImages::MaxPixels;
             let policy = HealthPolicy::from(&settings);
             let members = Arc::new(Members::new(model.clone(), settings));
             let mut fixed = Vec::new();
@@ -154,6 +160,7 @@ impl AppState {
                     members,
                     queue,
                     in_process,
+                    resize,
                     client: client.clone(),
                     metrics: metrics.clone(),
                 },
@@ -209,6 +216,7 @@ impl AppState {
                 metrics.clone(),
             )?),
         };
+        let resizer = Resizer::new(ImageLimits::from(&config.limits), metrics.clone());
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -224,6 +232,7 @@ impl AppState {
             tenants,
             cache,
             fetcher,
+            resizer,
             tasks,
             cancel,
         }));
@@ -241,33 +250,60 @@ impl AppState {
     /// With `--fetch-remote-images`, a request that passed and has `http(s)` images gets them
     /// fetched ([`Fetcher::inline`]) and is checked again with each one as a data URL: the
     /// request that goes on is the one the client would have sent with the images inline.
+    ///
+    /// For a pool with `resize = "max-pixels"` (unless `resize` is [`ResizeChoice::Off`]),
+    /// images above the pixel budget are then resized ([`Resizer::shrink`]) and the body is
+    /// checked once more with them; each image keeps the hash of what the client sent.
     pub async fn validate_as(
         &self,
         endpoint: Endpoint,
         body: bytes::Bytes,
         caller: &Caller,
+        resize: ResizeChoice,
     ) -> Result<ValidRequest, GatewayError> {
-        let req = self.check_as(endpoint, body.clone(), caller)?;
-        match &self.fetcher {
-            Some(fetcher) if !req.remote.is_empty() => {
-                let body = fetcher.inline(&body, &req.remote).await?;
-                self.check_as(endpoint, body, caller)
-            }
-            _ => Ok(req),
+        let resizes = |model: &str| {
+            resize == ResizeChoice::AsPool && self.pools.get(model).is_some_and(|p| p.resize)
+        };
+        let mut req = self.check_as(endpoint, body.clone(), caller, &resizes)?;
+        if let Some(fetcher) = self.fetcher.as_ref().filter(|_| !req.remote.is_empty()) {
+            let body = fetcher.inline(&body, &req.remote).await?;
+            req = self.check_as(endpoint, body, caller, &resizes)?;
         }
+        if !resizes(&req.model) {
+            return Ok(req);
+        }
+        let urls = self.resizer.shrink(&req).await;
+        let in_process = self.pools.get(&req.model).is_some_and(|p| p.in_process);
+        if urls.is_empty() {
+            if !in_process {
+                // Kept for the resize only.
+                req.images.iter_mut().for_each(|i| i.data = None);
+            }
+            return Ok(req);
+        }
+        let body = validate::replace_image_urls(&req.body, &urls)?;
+        let mut resized = self.check_as(endpoint, body, caller, &|_| false)?;
+        for (new, sent) in resized.images.iter_mut().zip(&req.images) {
+            new.hash = sent.hash;
+        }
+        Ok(resized)
     }
 
-    /// [`AppState::validate_as`] without fetching: one synchronous pass.
+    /// [`AppState::validate_as`] without fetching or resizing: one synchronous pass. Image
+    /// bytes are kept for in-process pools and where `keep_for_resize` says so.
     fn check_as(
         &self,
         endpoint: Endpoint,
         body: bytes::Bytes,
         caller: &Caller,
+        keep_for_resize: &dyn Fn(&str) -> bool,
     ) -> Result<ValidRequest, GatewayError> {
         let opts = ValidateOptions {
             limits: &self.config.limits,
             is_served: &|m| self.pools.contains_key(m) && caller.may_use(m),
-            keep_image_bytes: &|m| self.pools.get(m).is_some_and(|p| p.in_process),
+            keep_image_bytes: &|m| {
+                self.pools.get(m).is_some_and(|p| p.in_process) || keep_for_resize(m)
+            },
             image_rejected: &|format| self.metrics.image_rejected(format),
             read_file: &|id| self.read_image_file(id, caller.owner()),
             reported_max_model_len: &|m| self.pools.get(m).and_then(|p| p.members.max_model_len()),

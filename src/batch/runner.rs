@@ -24,6 +24,7 @@ use super::{input, Batches};
 use crate::dispatch::{read_answer, send_admitted, Whole};
 use crate::error::GatewayError;
 use crate::files::{Files, OUTPUT_PURPOSE};
+use crate::resize::ResizeChoice;
 use crate::state::AppState;
 use crate::store::{self, BatchRow, Commit, FileRow, LineOutcome, LineRow, Status, Usage};
 use crate::tenant::Caller;
@@ -399,7 +400,7 @@ impl LineTask {
         // Remote images are fetched here when the gateway fetches them: a line whose fetch
         // fails is that line's error, and the batch goes on.
         let checked = tokio::select! {
-            r = self.state.validate_as(self.endpoint, body, &caller) => r,
+            r = self.state.validate_as(self.endpoint, body, &caller, ResizeChoice::AsPool) => r,
             () = self.halt.cancelled() => return None,
         };
         let mut req = match checked {

@@ -308,6 +308,29 @@ pub struct PoolArgs {
     /// free, and never past this share, so the rest stays free for interactive requests.
     #[arg(long, env = "CAPRL_BATCH_SHARE", default_value_t = 0.75)]
     pub batch_share: f64,
+
+    /// `max-pixels`: an image with more pixels than its smart_resize target (by `--min-pixels`
+    /// and `--max-pixels`, which must then be the workers' own) is resized here to exactly
+    /// that target, with the resampling vLLM's processor applies (torchvision-exact), and sent
+    /// as PNG when that is smaller: the worker's resize becomes a no-op, the answer is the
+    /// same, fewer bytes cross the network. A client opts out with `x-caprl-resize: off`.
+    #[arg(
+        long = "resize-images",
+        env = "CAPRL_RESIZE_IMAGES",
+        value_enum,
+        default_value_t = ResizeImages::Off
+    )]
+    pub resize: ResizeImages,
+}
+
+/// Whether a pool's images are resized to the pixel budget in the gateway (`crate::resize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeImages {
+    /// Forwarded as the client sent them; the worker resizes.
+    Off,
+    /// Shrunk to the smart_resize target when it has fewer pixels.
+    MaxPixels,
 }
 
 /// The files and batch APIs (`/v1/files`, `/v1/batches`): where their state lives and its

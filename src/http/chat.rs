@@ -10,6 +10,7 @@ use crate::cache::{self, Answer, Cache, Decision, Failure};
 use crate::dispatch::read_answer;
 use crate::dispatch::{send_with_failover, Failed};
 use crate::error::GatewayError;
+use crate::resize::ResizeChoice;
 use crate::state::AppState;
 use crate::tenant::Caller;
 use crate::validate::Endpoint;
@@ -62,7 +63,12 @@ async fn handle(
     let mut model_hint = String::new();
     let checked = match body {
         Ok(RawBody(bytes)) => state
-            .validate_as(endpoint, bytes.clone(), &caller)
+            .validate_as(
+                endpoint,
+                bytes.clone(),
+                &caller,
+                ResizeChoice::from_headers(&headers),
+            )
             .await
             .inspect_err(|_| model_hint = served_model(&state, &caller, &bytes)),
         Err(err) => Err(err),

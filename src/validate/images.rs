@@ -74,8 +74,11 @@ pub struct ImageInfo {
     pub tokens: u64,
     /// Time spent decoding base64, reading the header and hashing.
     pub check_time: Duration,
-    /// The decoded bytes, kept only for in-process engines.
+    /// The decoded bytes, kept only for in-process engines and for pools that resize images
+    /// to the pixel budget (`crate::resize`).
     pub data: Option<Bytes>,
+    /// Where it stands in the body: `messages[i].content[j]` (set by the scan).
+    pub part: (usize, usize),
 }
 
 /// The part of the limits image checks need, copied once per request.
@@ -204,7 +207,11 @@ pub fn check_image(
         )));
     }
     let hash = xxhash_rust::xxh3::xxh3_128(&data);
-    let (rh, rw) = smart_resize(h, w, limits.min_pixels, limits.max_pixels);
+    let (rh, rw) = smart_resize(h, w, limits.min_pixels, limits.max_pixels).ok_or_else(|| {
+        invalid(format!(
+            "image {width}x{height} has no size Qwen2.5-VL can resize it to"
+        ))
+    })?;
     let bytes = data.len();
     Ok(ImageInfo {
         format,
@@ -215,6 +222,7 @@ pub fn check_image(
         tokens: (rh / IMAGE_FACTOR) * (rw / IMAGE_FACTOR),
         check_time: started.elapsed(),
         data: keep_bytes.then(|| Bytes::from(data)),
+        part: (0, 0),
     })
 }
 
@@ -307,25 +315,26 @@ fn check_media_type(media_type: &str) -> Result<(), String> {
     }
 }
 
-/// Qwen2-VL's `smart_resize`: the (height, width) the model sees, both multiples of 28, the
-/// aspect ratio kept as well as it can be, total pixels within `[min_pixels, max_pixels]`.
-/// Matches `transformers`' float arithmetic (round half to even, floor, ceil).
-pub fn smart_resize(height: u64, width: u64, min_pixels: u64, max_pixels: u64) -> (u64, u64) {
-    let factor = IMAGE_FACTOR as f64;
-    let (h, w) = (height as f64, width as f64);
-    let round = |x: f64| (x / factor).round_ties_even() * factor;
-    let mut h_bar = factor.max(round(h));
-    let mut w_bar = factor.max(round(w));
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = ((h * w) / max_pixels as f64).sqrt();
-        h_bar = factor.max((h / beta / factor).floor() * factor);
-        w_bar = factor.max((w / beta / factor).floor() * factor);
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        h_bar = (h * beta / factor).ceil() * factor;
-        w_bar = (w * beta / factor).ceil() * factor;
-    }
-    (h_bar as u64, w_bar as u64)
+/// Qwen2-VL's `smart_resize` (transformers' arithmetic, shared with the engine and the resize
+/// to the pixel budget): the (height, width) the model sees, both multiples of 28, the aspect
+/// ratio kept as well as it can be, total pixels within `[min_pixels, max_pixels]`. `None` for
+/// an image `check_image` refuses anyway (no pixels, more elongated than 200:1).
+pub fn smart_resize(
+    height: u64,
+    width: u64,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Option<(u64, u64)> {
+    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    caprl_image::smart_resize(
+        usize_of(height),
+        usize_of(width),
+        IMAGE_FACTOR as usize,
+        usize_of(min_pixels),
+        usize_of(max_pixels),
+    )
+    .ok()
+    .map(|(h, w)| (h as u64, w as u64))
 }
 
 #[cfg(test)]
@@ -366,13 +375,19 @@ mod tests {
     #[test]
     fn smart_resize_matches_the_reference() {
         // Values computed with transformers' smart_resize.
-        assert_eq!(smart_resize(56, 84, 3136, 12_845_056), (56, 84));
-        assert_eq!(smart_resize(47, 101, 3136, 12_845_056), (56, 112));
-        assert_eq!(smart_resize(30, 20, 3136, 12_845_056), (84, 56));
-        assert_eq!(smart_resize(200, 300, 3136, 12_845_056), (196, 308));
-        assert_eq!(smart_resize(4000, 6000, 3136, 12_845_056), (2912, 4368));
-        // 14 rounds half to even: 0.5 -> 0, then clamped to one factor.
-        assert_eq!(smart_resize(14, 100, 3136, 12_845_056).1 % 28, 0);
+        assert_eq!(smart_resize(56, 84, 3136, 12_845_056), Some((56, 84)));
+        assert_eq!(smart_resize(47, 101, 3136, 12_845_056), Some((56, 112)));
+        assert_eq!(smart_resize(30, 20, 3136, 12_845_056), Some((84, 56)));
+        assert_eq!(smart_resize(200, 300, 3136, 12_845_056), Some((196, 308)));
+        assert_eq!(
+            smart_resize(4000, 6000, 3136, 12_845_056),
+            Some((2912, 4368))
+        );
+        // 10 px rounds to 0 rows in transformers (no floor of one factor there): the area is
+        // then under min_pixels and both sides are scaled up, 10x2000 -> 28x812 (the width
+        // is not kept at 1988 as a clamp to 28 rows would keep it).
+        assert_eq!(smart_resize(10, 2000, 3136, 12_845_056), Some((28, 812)));
+        assert_eq!(smart_resize(1, 300, 3136, 12_845_056), None);
     }
 
     #[test]
@@ -387,7 +402,7 @@ mod tests {
             assert_eq!(info.format, ImageFormat::Png, "sniffed, not declared");
             assert_eq!((info.width, info.height), (64, 32));
             assert_eq!(info.hash, xxhash_rust::xxh3::xxh3_128(&bytes));
-            let (rh, rw) = smart_resize(32, 64, 3136, 12_845_056);
+            let (rh, rw) = smart_resize(32, 64, 3136, 12_845_056).expect("a size");
             assert_eq!(info.tokens, (rh / 28) * (rw / 28));
             assert!(info.data.is_none());
         }

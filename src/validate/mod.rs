@@ -577,7 +577,10 @@ fn scan_part(
                 Some("data") => {
                     let mut sniffed = None;
                     match images::check_data_url_sniffed(url, limits, keep, &param, &mut sniffed) {
-                        Ok(info) => scan.images.push(info),
+                        Ok(info) => scan.images.push(ImageInfo {
+                            part: (i, j),
+                            ..info
+                        }),
                         Err(e) => {
                             (opts.image_rejected)(sniffed);
                             return Err(e);
@@ -642,6 +645,7 @@ fn inline_file(
             if keep {
                 info.data = Some(bytes);
             }
+            info.part = (i, j);
             scan.images.push(info);
             Ok(())
         }

@@ -163,19 +163,5 @@ fn shrink_one(job: &Job) -> Result<Vec<u8>, ResizeOutcome> {
     }
     let (w, h) = job.target;
     let resized = caprl_image::resize(&decoded.rgb, w, h, caprl_image::Resample::Torchvision);
-    let mut png = Vec::with_capacity(w * h);
-    let encoder = image::codecs::png::PngEncoder::new_with_quality(
-        &mut png,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::Adaptive,
-    );
-    image::ImageEncoder::write_image(
-        encoder,
-        resized.as_raw(),
-        w as u32,
-        h as u32,
-        image::ExtendedColorType::Rgb8,
-    )
-    .map_err(|_| ResizeOutcome::Undecodable)?;
-    Ok(png)
+    caprl_image::encode_png(&resized).map_err(|_| ResizeOutcome::Undecodable)
 }

@@ -359,6 +359,32 @@ async fn a_fetched_image_reaches_the_worker_as_a_checked_data_url() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_named_twice_in_a_request_is_fetched_once_and_inlined_twice() {
+    let s = setup(&["--fetch-allow-loopback"], &[]).await;
+    let url = s.images.url("/kite.png");
+    let mut body = request(&url);
+    // The same image again, as a QA prompt with two questions about one image might send it.
+    body["messages"][1]["content"]
+        .as_array_mut()
+        .expect("parts")
+        .push(json!({"type": "image_url", "image_url": {"url": url}}));
+    let r = post(&s, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s.images.paths(), vec!["/kite.png"], "one download");
+    assert_eq!(r.headers["x-caprl-images"], "2");
+    let want = png_data_url(s.images.png());
+    assert_eq!(s.worker.last_data_urls(), vec![want.clone(), want]);
+    assert_eq!(
+        metric(
+            &s.gw.state,
+            "caprl_gateway_image_fetches_total",
+            &[("outcome", "ok")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_goes_through_the_resolver_and_one_redirect_is_followed() {
     let s = setup(
         &["--fetch-allow-loopback"],
@@ -787,9 +813,10 @@ async fn concurrent_fetches_are_bounded() {
         &[],
     )
     .await;
+    // Three different URLs (one URL named thrice would be fetched once).
     let url = s.images.url("/paced");
     let parts: Vec<Value> = (0..3)
-        .map(|_| json!({"type": "image_url", "image_url": {"url": url}}))
+        .map(|i| json!({"type": "image_url", "image_url": {"url": format!("{url}?copy={i}")}}))
         .collect();
     let mut body = request(&url);
     body["messages"][1]["content"] = Value::Array(parts);

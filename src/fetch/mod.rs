@@ -171,14 +171,34 @@ impl Fetcher {
             used: AtomicU64::new(body.len() as u64),
             max: self.max_body_bytes,
         };
-        let fetched =
-            futures::future::try_join_all(remote.iter().map(|r| self.fetch(r, &room))).await?;
-        let urls: Vec<(usize, usize, String)> = remote
+        // Each URL fetched once, however often the request names it (QA prompts repeat an
+        // image); the body still grows by its data URL at every place.
+        let mut first: Vec<&RemoteImage> = Vec::new();
+        let which: Vec<usize> = remote
             .iter()
-            .zip(fetched)
-            .map(|(r, data)| (r.message, r.part, as_data_url(&data)))
+            .map(|r| match first.iter().position(|f| f.url == r.url) {
+                Some(i) => i,
+                None => {
+                    first.push(r);
+                    first.len() - 1
+                }
+            })
             .collect();
-        validate::replace_image_urls(body, &urls)
+        let fetched =
+            futures::future::try_join_all(first.iter().map(|r| self.fetch(r, &room))).await?;
+        let urls: Vec<String> = fetched.iter().map(|data| as_data_url(data)).collect();
+        let mut seen = vec![false; first.len()];
+        for (r, &i) in remote.iter().zip(&which) {
+            if std::mem::replace(&mut seen[i], true) && !room.take(fetched[i].len()) {
+                return Err(self.error(Failure::RequestTooLarge, r));
+            }
+        }
+        let parts: Vec<(usize, usize, String)> = remote
+            .iter()
+            .zip(&which)
+            .map(|(r, &i)| (r.message, r.part, urls[i].clone()))
+            .collect();
+        validate::replace_image_urls(body, &parts)
     }
 
     /// One image: its bytes, or the error to answer, counted either way.

@@ -24,21 +24,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         .rgb)
 }
 
-/// transformers' `smart_resize`: the (height, width) an image is resized to.
-pub fn smart_resize(
-    height: usize,
-    width: usize,
-    factor: usize,
-    min_pixels: usize,
-    max_pixels: usize,
-) -> Result<(usize, usize)> {
-    Ok(caprl_image::smart_resize(
-        height, width, factor, min_pixels, max_pixels,
-    )?)
-}
-
-/// Per channel, the float32 `x` for a uint8 `v` is `(v·scale - shift) / div`, each path's
-/// arithmetic kept: `rescale` applies first (in f64, then cast) on the Pillow path only.
+/// Rescale and normalise, per channel, in the arithmetic of the path's processor: fused on the
+/// torchvision path (`(v - mean') / std'` with mean and std divided by the rescale factor, in
+/// float32), rescale first (a double multiply, cast to float32) on the Pillow path.
 struct Normalise {
     fused: bool,
     rescale: Option<f64>,
@@ -85,7 +73,7 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessorConfig) -> Result<Processe
     let factor = cfg.patch_size * cfg.merge_size;
     let resized;
     let img = if cfg.do_resize {
-        let (rh, rw) = smart_resize(h, w, factor, cfg.min_pixels, cfg.max_pixels)?;
+        let (rh, rw) = caprl_image::smart_resize(h, w, factor, cfg.min_pixels, cfg.max_pixels)?;
         if (rh, rw) == (h, w) {
             image
         } else {

@@ -6,6 +6,11 @@
 //! (or set `CAPRL_BENCH_MODEL`). Prints a table: decode tokens/s at batch 1, 4, 8 and 16
 //! (the model's batched `decode`, one prefilled sequence per slot), then prefill time per
 //! image size (vision tower + prompt).
+//!
+//! Optional, through the environment (scripts/gpu/bench-3b.sh uses them; unset, nothing changes):
+//! `CAPRL_BENCH_BATCHES=1,8,32` the decode batch sizes, `CAPRL_BENCH_STEPS=32` the timed decode
+//! steps per batch, `CAPRL_BENCH_PREFILL=0` skips the image prefill table, and
+//! `CAPRL_BENCH_JSON=FILE` also writes the results to FILE as JSON.
 
 use anyhow::{Context, Result};
 use candle_core::DType;
@@ -20,6 +25,20 @@ use std::time::Instant;
 const DECODE_STEPS: usize = 32;
 const BATCHES: &[usize] = &[1, 4, 8, 16];
 const IMAGE_SIZES: &[(u32, u32)] = &[(224, 224), (448, 448), (672, 504), (896, 896)];
+
+/// A positive integer list from the environment (`CAPRL_BENCH_BATCHES=1,8,32`), or `default`.
+fn env_list(name: &str, default: &[usize]) -> Result<Vec<usize>> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(default.to_vec());
+    };
+    let list = v
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| format!("{name}={v:?}: expected positive integers separated by commas"))?;
+    anyhow::ensure!(!list.is_empty(), "{name} is empty");
+    Ok(list)
+}
 
 fn png(width: u32, height: u32) -> Result<Vec<u8>> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
@@ -57,7 +76,16 @@ fn main() -> Result<()> {
         Some("f16") => DType::F16,
         _ => DType::F32,
     };
+    let batches = env_list("CAPRL_BENCH_BATCHES", BATCHES)?;
+    let steps = match env_list("CAPRL_BENCH_STEPS", &[DECODE_STEPS])?.as_slice() {
+        [n] => *n,
+        _ => anyhow::bail!("CAPRL_BENCH_STEPS takes one number"),
+    };
+    let prefill_table = std::env::var("CAPRL_BENCH_PREFILL").map_or(true, |v| v != "0");
+    let json_out = std::env::var_os("CAPRL_BENCH_JSON").map(PathBuf::from);
+    let load_start = Instant::now();
     let mut model = Qwen25VL::load(&dir, &device, dtype).context("loading the bench model")?;
+    let load_s = load_start.elapsed().as_secs_f64();
     let prompts = PromptBuilder::from_model_dir(&dir, model.spatial_merge_size())?;
     let text = prompts.build(
         &[Message::text(
@@ -68,7 +96,8 @@ fn main() -> Result<()> {
     )?;
     println!("model {} on {device:?} {dtype:?}", dir.display());
     println!("{:>8} {:>12} {:>12}", "batch", "step ms", "tokens/s");
-    for &batch in BATCHES {
+    let mut decode_rows = Vec::new();
+    for &batch in &batches {
         let mut states = Vec::with_capacity(batch);
         for _ in 0..batch {
             states.push(model.prefill(&text.input)?.0);
@@ -78,15 +107,37 @@ fn main() -> Result<()> {
         let mut refs: Vec<&mut _> = states.iter_mut().collect();
         model.decode(&mut refs, &tokens)?;
         let t = Instant::now();
-        for _ in 0..DECODE_STEPS {
+        for _ in 0..steps {
             model.decode(&mut refs, &tokens)?;
         }
-        let per_step = t.elapsed().as_secs_f64() / DECODE_STEPS as f64;
+        let per_step = t.elapsed().as_secs_f64() / steps as f64;
         println!(
             "{batch:>8} {:>12.2} {:>12.1}",
             per_step * 1e3,
             batch as f64 / per_step
         );
+        decode_rows.push(serde_json::json!({
+            "batch": batch,
+            "step_ms": per_step * 1e3,
+            "tokens_per_s": batch as f64 / per_step,
+        }));
+    }
+    if let Some(path) = &json_out {
+        let report = serde_json::json!({
+            "model": dir.display().to_string(),
+            "device": format!("{device:?}"),
+            "dtype": format!("{dtype:?}"),
+            "prompt_tokens": text.input.input_ids.len(),
+            "warmup_steps": 1,
+            "timed_steps": steps,
+            "load_s": load_s,
+            "decode": decode_rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !prefill_table {
+        return Ok(());
     }
     println!("\n{:>12} {:>10} {:>12}", "image", "tokens", "prefill ms");
     for &(w, h) in IMAGE_SIZES {

@@ -5,7 +5,7 @@
 //! then `cargo bench -p caprl-engine --bench decode -- /tmp/bench-model [cpu|cuda:0] [f32|bf16]`
 //! (or set `CAPRL_BENCH_MODEL`). Prints a table: decode tokens/s at batch 1, 4, 8 and 16
 //! (the model's batched `decode`, one prefilled sequence per slot), then prefill time per
-//! image size (vision tower + prompt).
+//! image size (vision tower + prompt) and the vision tower's time alone.
 //!
 //! Optional, through the environment (scripts/gpu/bench-3b.sh uses them; unset, nothing changes):
 //! `CAPRL_BENCH_BATCHES=1,8,32` the decode batch sizes, `CAPRL_BENCH_STEPS=32` the timed decode
@@ -139,10 +139,25 @@ fn main() -> Result<()> {
     if !prefill_table {
         return Ok(());
     }
-    println!("\n{:>12} {:>10} {:>12}", "image", "tokens", "prefill ms");
+    println!(
+        "\n{:>12} {:>10} {:>12} {:>10}",
+        "image", "tokens", "prefill ms", "vision ms"
+    );
     for &(w, h) in IMAGE_SIZES {
         let img = processor::decode_image(&png(w, h)?)?;
         let processed = processor::preprocess(&img, model.preprocessor_config())?;
+        // The vision tower alone, on the same pixels (warm-up, then timed).
+        let rows = processed.grid_thw.iter().product::<usize>();
+        let pixels = candle_core::Tensor::from_vec(
+            processed.pixel_values.clone(),
+            (rows, processed.pixel_values.len() / rows),
+            &device,
+        )?
+        .to_dtype(dtype)?;
+        model.vision_forward(&pixels, &[processed.grid_thw])?;
+        let t = Instant::now();
+        model.vision_forward(&pixels, &[processed.grid_thw])?;
+        let vision_ms = t.elapsed().as_secs_f64() * 1e3;
         let msg = Message::parts("user", vec![Part::Image, Part::Text("Describe.".into())]);
         let built = prompts.build(&[msg], vec![processed])?;
         let input: PromptInput = built.input;
@@ -150,10 +165,11 @@ fn main() -> Result<()> {
         let t = Instant::now();
         model.prefill(&input)?;
         println!(
-            "{:>12} {:>10} {:>12.1}",
+            "{:>12} {:>10} {:>12.1} {:>10.1}",
             format!("{w}x{h}"),
             input.input_ids.len(),
-            t.elapsed().as_secs_f64() * 1e3
+            t.elapsed().as_secs_f64() * 1e3,
+            vision_ms
         );
     }
     Ok(())

@@ -12,8 +12,8 @@ mid-size Qwen2.5-VL (the same weights for all), on this machine's CPU:
       same requests;
 
 then one markdown table per part with the ratios. The Candle figures of (a)'s kind (decode at
-batch 1/8/16, prefill per image size) come from `cargo bench -p caprl-engine --bench decode`,
-run by this script on the same model.
+batch 1/8/16, vision tower and prefill per image size) come from
+`cargo bench -p caprl-engine --bench decode`, run by this script on the same model.
 
     .venv-vllm/bin/python scripts/bench/engines.py --model /tmp/bench-model-8l
     (make the model first: .venv-vllm/bin/python scripts/fixtures/make_tiny_qwen25vl.py \
@@ -221,17 +221,18 @@ def bench_candle_engine(model_dir: Path, target_dir: Path) -> dict:
                        text=True, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"the engine bench failed:\n{r.stderr[-2000:]}")
-    decode, vision = {}, {}
+    decode, prefill, vision = {}, {}, {}
     for line in r.stdout.splitlines():
         # "   batch   step ms   tokens/s" rows, then "   224x224   tokens   prefill ms" rows.
         m = re.match(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s*$", line)
         if m:
             decode[int(m.group(1))] = float(m.group(3))
-        m = re.match(r"^\s*(\d+)x(\d+)\s+(\d+)\s+([\d.]+)\s*$", line)
+        m = re.match(r"^\s*(\d+)x(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s*$", line)
         if m and m.group(1) == m.group(2):
-            vision[int(m.group(1))] = float(m.group(4))
+            prefill[int(m.group(1))] = float(m.group(4))
+            vision[int(m.group(1))] = float(m.group(5))
     log(r.stdout)
-    return {"decode": decode, "prefill": vision, "stdout": r.stdout}
+    return {"decode": decode, "prefill": prefill, "vision": vision, "stdout": r.stdout}
 
 
 def main() -> int:
@@ -281,10 +282,13 @@ def main() -> int:
             t, c = res["transformers"]["decode"][b], res["candle_engine"]["decode"].get(b)
             print(f"| {b} | {t:.1f} | {c if c is None else f'{c:.1f}'} | "
                   f"{'—' if c is None else f'{c / t:.2f}×'} |")
-        print("\n| image | transformers vision ms | Candle prefill ms (vision + prompt) |")
-        print("|---|---|---|")
+        print("\n| image | transformers vision ms | Candle vision ms | Candle / transformers "
+              "| Candle prefill ms (vision + prompt) |")
+        print("|---|---|---|---|---|")
         for side in (224, 448, 896):
-            print(f"| {side}² | {res['transformers']['vision'][side]:.0f} | "
+            t = res["transformers"]["vision"][side]
+            c = res["candle_engine"]["vision"].get(side, float("nan"))
+            print(f"| {side}² | {t:.0f} | {c:.0f} | {c / t:.2f}× | "
                   f"{res['candle_engine']['prefill'].get(side, float('nan')):.0f} |")
     if "vllm" in res and "candle" in res:
         print("\n| concurrency | vLLM images/s | vLLM tok/s | Candle images/s | Candle tok/s | Candle / vLLM |")

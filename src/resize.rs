@@ -88,7 +88,7 @@ impl Resizer {
     }
 
     /// The target (width, height) of an image with more pixels than it, or `None`.
-    pub fn target(&self, info: &ImageInfo) -> Option<(usize, usize)> {
+    fn target(&self, info: &ImageInfo) -> Option<(usize, usize)> {
         let (w, h) = (u64::from(info.width), u64::from(info.height));
         let (th, tw) = crate::validate::images::smart_resize(
             h,

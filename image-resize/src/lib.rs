@@ -146,17 +146,16 @@ impl std::error::Error for DecodeError {}
 /// `as_pillow: false`: JPEGs libjpeg cannot give as RGB (CMYK; decoded by image instead) and
 /// 16-bit PNGs (Pillow keeps the high byte of each sample, image rounds).
 pub fn decode_rgb(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        if let Some(rgb) = decode_jpeg(bytes) {
-            return Ok(Decoded {
-                rgb,
-                as_pillow: true,
-            });
-        }
+    let jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
+    if let Some(rgb) = jpeg.then(|| decode_jpeg(bytes)).flatten() {
+        return Ok(Decoded {
+            rgb,
+            as_pillow: true,
+        });
     }
     let img = image::load_from_memory(bytes).map_err(|e| DecodeError(e.to_string()))?;
-    let as_pillow = img.color().bytes_per_pixel() == img.color().channel_count()
-        && !bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
+    // A JPEG here is one libjpeg refused (CMYK): image's decoder is not Pillow's.
+    let as_pillow = !jpeg && img.color().bytes_per_pixel() == img.color().channel_count();
     Ok(Decoded {
         rgb: img.to_rgb8(),
         as_pillow,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Qwen2.5-VL: 14-pixel patches merged 2×2, so one visual token per 28×28 pixels.
 pub const IMAGE_FACTOR: u64 = 28;
 /// Qwen2-VL's smart_resize refuses images more elongated than this.
-pub const MAX_ASPECT_RATIO: u64 = 200;
+pub const MAX_ASPECT_RATIO: u64 = caprl_image::MAX_RATIO as u64;
 
 /// The formats the gateway accepts, as sniffed from the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,16 +20,7 @@ pub struct BodyTimeout;
 
 /// Whether `err` (a body or extraction error) is, somewhere down its sources, a [`BodyTimeout`].
 pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    // Bounded: error chains are a handful deep; 16 is far past any real one.
-    for _ in 0..16 {
-        match cur {
-            Some(e) if e.is::<BodyTimeout>() => return true,
-            Some(e) => cur = e.source(),
-            None => return false,
-        }
-    }
-    false
+    super::extract::has_source::<BodyTimeout>(err)
 }
 
 /// `inner`, cut off once it falls behind its deadline.

@@ -6,15 +6,21 @@
 //! - `xxh3`:    the content hash of the decoded bytes (xxh3-128)
 //! - `whole`:   `check_data_url` itself (all of the above plus limits and smart_resize)
 //! - `memcpy`:  copying the data URL once (`to_vec`), a floor for "touch every byte"
+//! - `json_text`: serde_json reading the URL as a JSON string from bytes into `&str` (its
+//!   byte-class scan for quotes, backslashes and control characters, then UTF-8 validation):
+//!   how the gateway read image URLs until 2026-12-03
+//! - `json_raw`: the same string read as `api::chat::RawUrl` (serde_json's raw read: `memchr`
+//!   for the closing quote, no text checks; validation checks every byte in its base64 pass)
 //!
 //! Inputs are real, noisy JPEG and PNG images whose side is searched so that they encode to
 //! about 64 KB and about 1 MB. Throughput is in bytes of the data URL for `decode`, `whole` and
-//! `memcpy` (what arrives on the wire) and in decoded bytes for `header` and `xxh3`.
+//! `memcpy`, `json_*` (what arrives on the wire) and in decoded bytes for `header` and `xxh3`.
 //!
 //! `cargo bench --bench image_check` (about 1–2 minutes); `-- whole` runs a subset.
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use caprl_gateway::api::chat::RawUrl;
 use caprl_gateway::validate::images::{check_data_url, ImageLimits};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::io::Cursor;
@@ -148,6 +154,18 @@ fn bench(c: &mut Criterion) {
             });
             g.bench_function(id("memcpy"), |b| {
                 b.iter(|| black_box(url.as_bytes()).to_vec())
+            });
+            let quoted = format!("\"{url}\"");
+            g.bench_function(id("json_text"), |b| {
+                b.iter(|| {
+                    serde_json::from_slice::<&str>(black_box(quoted.as_bytes())).expect("a string")
+                })
+            });
+            g.bench_function(id("json_raw"), |b| {
+                b.iter(|| {
+                    serde_json::from_slice::<RawUrl>(black_box(quoted.as_bytes()))
+                        .expect("a string")
+                })
             });
 
             g.throughput(Throughput::Bytes(bytes.len() as u64));

@@ -11,7 +11,8 @@
 //!                 the key's tokens and concurrency slot, the drain guard, and the caption
 //!                 cache (cache.rs) in front of ③ for deterministic requests
 //!  ② validate/    bytes -> ValidRequest: model -> pool, messages, every image data URL decoded
-//!                 once (format sniffed, size and pixel limits, xxh3 hash, visual tokens);
+//!                 once, a block at a time into its xxh3 hash (format sniffed, size and pixel
+//!                 limits from the header, visual tokens), its bytes checked in that pass;
 //!     fetch/      with --fetch-remote-images, state.rs's validate_as (the one entry for the
 //!                 handler and the batch runner) fetches each http(s) image under the SSRF
 //!                 guard (guard.rs, ip.rs) and validates again with data URLs in their place

@@ -323,7 +323,7 @@ impl<'de> Deserialize<'de> for TextLen {
 /// string `url`. A bare string or an object `url` is refused (vLLM reads neither).
 #[derive(Debug, Default)]
 pub struct ImageUrl<'a> {
-    pub url: Cow<'a, str>,
+    pub url: RawUrl<'a>,
     /// `detail` and anything else: forwarded as it is.
     pub extra: Vec<Extra<'a>>,
 }
@@ -334,12 +334,75 @@ object_view!(ImageUrl, "an object with a string `url`", |map| {
         "url" => fill(map, &mut url, "url").map(|()| true),
         _ => Ok(false),
     })?;
-    let url: Option<Str<'a>> = url.flatten();
+    let url: Option<RawUrl<'a>> = url.flatten();
     Ok(ImageUrl {
-        url: url.ok_or_else(|| de::Error::missing_field("url"))?.0,
+        url: url.ok_or_else(|| de::Error::missing_field("url"))?,
         extra,
     })
 });
+
+/// An image URL's bytes, escapes decoded, **not yet checked as text**: the one string that
+/// may be megabytes long (a data URL) is read with serde_json's raw string read, which finds
+/// the closing quote with `memchr` and skips the UTF-8 and control-character checks its text
+/// read makes byte by byte. Validation checks every byte instead, in the pass it makes anyway:
+/// a data URL's payload must be base64 (a subset of ASCII), its head a known media type;
+/// any other URL goes through [`RawUrl::text`]. Borrowed exactly when the JSON string had no
+/// escapes, so the bytes are the body's own.
+#[derive(Debug, Default)]
+pub struct RawUrl<'a>(pub Cow<'a, [u8]>);
+
+impl RawUrl<'_> {
+    /// Whether the scheme is `data:` (any case).
+    pub fn is_data(&self) -> bool {
+        self.0
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"data:"))
+    }
+
+    /// Whether these are the body's own bytes (the JSON string had no escapes).
+    pub fn is_verbatim(&self) -> bool {
+        matches!(self.0, Cow::Borrowed(_))
+    }
+
+    /// The URL as text: UTF-8 without control characters (which serde_json's text read
+    /// refuses raw, and which no URL holds escaped either).
+    pub fn text(&self) -> Result<&str, &'static str> {
+        let text = std::str::from_utf8(&self.0).map_err(|_| "the image URL is not UTF-8")?;
+        if text.bytes().any(|b| b < 0x20) {
+            return Err("the image URL holds control characters");
+        }
+        Ok(text)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawUrl<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawUrl<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(RawUrl(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(RawUrl(Cow::Owned(v.to_vec())))
+            }
+            // Other deserializers (serde_json::Value in tests, or a `from_str` read) hand over
+            // text.
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawUrl(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawUrl(Cow::Owned(v.as_bytes().to_vec())))
+            }
+        }
+        // serde_json reads a string asked for as bytes raw (`parse_str_raw`); anything but a
+        // string is still refused with "invalid type".
+        d.deserialize_bytes(V(std::marker::PhantomData))
+    }
+}
 
 /// A `file` content part's object: `{"file_id": "file-…"}` (OpenAI's `filename` and
 /// `file_data` are not taken: an image goes inline as an `image_url` data URL).

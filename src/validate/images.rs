@@ -108,13 +108,17 @@ pub fn check_data_url(
     keep_bytes: bool,
     param: &str,
 ) -> Result<ImageInfo, GatewayError> {
-    check_data_url_sniffed(url, limits, keep_bytes, param, &mut None)
+    check_data_url_bytes(url.as_bytes(), false, limits, keep_bytes, param, &mut None)
 }
 
-/// [`check_data_url`], also telling the caller the sniffed format when the check fails after
-/// sniffing (for the rejected-images metric).
-pub fn check_data_url_sniffed(
-    url: &str,
+/// [`check_data_url`] on a URL's bytes as the body holds them, not yet known to be text
+/// (`api::chat::RawUrl`): every byte is checked here. `verbatim`: the bytes are the JSON
+/// string's own (it had no escapes), so a control character in them was raw, which JSON
+/// forbids. Also tells the caller the sniffed format when the check fails after sniffing (for
+/// the rejected-images metric).
+pub fn check_data_url_bytes(
+    url: &[u8],
+    verbatim: bool,
     limits: &ImageLimits,
     keep_bytes: bool,
     param: &str,
@@ -124,12 +128,17 @@ pub fn check_data_url_sniffed(
     let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
     let rest = url
         .get(..5)
-        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .filter(|p| p.eq_ignore_ascii_case(b"data:"))
         .map(|_| &url[5..])
         .ok_or_else(|| invalid("expected a data: URL".into()))?;
-    let (meta, payload) = rest
-        .split_once(',')
+    let comma = memchr::memchr(b',', rest)
         .ok_or_else(|| invalid("malformed data URL: no ',' before the data".into()))?;
+    let (meta, payload) = (&rest[..comma], &rest[comma + 1..]);
+    // The head is short and must be text: a media type and `;base64`.
+    let meta = std::str::from_utf8(meta)
+        .ok()
+        .filter(|m| !m.bytes().any(|b| b < 0x20))
+        .ok_or_else(|| invalid("malformed data URL: its media type is not plain text".into()))?;
     let (media_type, encoding) = match meta.split_once(';') {
         Some((m, e)) => (m.trim(), Some(e)),
         None => (meta.trim(), None),
@@ -137,8 +146,20 @@ pub fn check_data_url_sniffed(
     check_media_type(media_type).map_err(invalid)?;
     check_encoding(encoding).map_err(invalid)?;
 
+    // The payload needs no text check: base64 decoding refuses every byte outside its
+    // alphabet, which is ASCII without control characters. Trailing whitespace is let go
+    // when it came escaped (`\n`); raw, a control character is not JSON, so only spaces.
+    let payload = if verbatim {
+        let end = payload
+            .iter()
+            .rposition(|&b| b != b' ')
+            .map_or(0, |i| i + 1);
+        &payload[..end]
+    } else {
+        payload.trim_ascii_end()
+    };
+
     // Decoded length is at most 3/4 of the encoded one: refuse before allocating.
-    let payload = payload.trim_end();
     let decoded_max = (payload.len() as u64 / 4 + 1) * 3;
     if decoded_max > limits.max_image_bytes + 3 {
         return Err(GatewayError::too_large(
@@ -150,9 +171,40 @@ pub fn check_data_url_sniffed(
             Some(param.to_string()),
         ));
     }
-    let data = decode_base64(payload)
+    if keep_bytes {
+        let data = decode_base64(payload)
+            .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+        return check_image(data, limits, keep_bytes, param, sniffed, started);
+    }
+    // Not kept: decoded a block at a time into the hash, only the first bytes held for the
+    // header, so a 1 MB image costs no 1 MB buffer and its bytes are hashed while in cache.
+    let streamed = decode_streamed(payload)
         .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
-    check_image(data, limits, keep_bytes, param, sniffed, started)
+    check_len(streamed.len, limits, param)?;
+    let format = sniff_checked(&streamed.head, param, sniffed)?;
+    match read_dimensions(&streamed.head, format) {
+        Ok((width, height)) => finish(
+            Found {
+                format,
+                width,
+                height,
+                bytes: streamed.len,
+                hash: streamed.hash,
+            },
+            None,
+            limits,
+            param,
+            started,
+        ),
+        // The header lies past the first bytes (a JPEG behind large EXIF or ICC segments):
+        // decode it whole and read it again. Rare, and bounded by the size limit above.
+        Err(_) if streamed.head.len() < streamed.len => {
+            let data = decode_base64(payload)
+                .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+            check_image(data, limits, keep_bytes, param, sniffed, started)
+        }
+        Err(e) => Err(header_error(format, e, param)),
+    }
 }
 
 /// Check decoded image bytes (from a data URL, or a stored file): size, format sniffed from
@@ -165,28 +217,111 @@ pub fn check_image(
     sniffed: &mut Option<ImageFormat>,
     started: Instant,
 ) -> Result<ImageInfo, GatewayError> {
-    let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
-    if data.len() as u64 > limits.max_image_bytes {
+    check_len(data.len(), limits, param)?;
+    let format = sniff_checked(&data, param, sniffed)?;
+    let (width, height) =
+        read_dimensions(&data, format).map_err(|e| header_error(format, e, param))?;
+    let found = Found {
+        format,
+        width,
+        height,
+        bytes: data.len(),
+        hash: xxhash_rust::xxh3::xxh3_128(&data),
+    };
+    finish(
+        found,
+        keep_bytes.then(|| Bytes::from(data)),
+        limits,
+        param,
+        started,
+    )
+}
+
+/// What was read of an image before the checks on its size in pixels.
+struct Found {
+    format: ImageFormat,
+    width: u32,
+    height: u32,
+    bytes: usize,
+    hash: u128,
+}
+
+fn check_len(len: usize, limits: &ImageLimits, param: &str) -> Result<(), GatewayError> {
+    if len as u64 > limits.max_image_bytes {
         return Err(GatewayError::too_large(
             format!(
-                "image is {} bytes decoded; the limit is {} bytes",
-                data.len(),
+                "image is {len} bytes decoded; the limit is {} bytes",
                 limits.max_image_bytes
             ),
             Some(param.to_string()),
         ));
     }
+    Ok(())
+}
 
-    let format = image::guess_format(&data)
-        .ok()
-        .and_then(ImageFormat::from_image)
-        .ok_or_else(|| {
-            invalid("the data is not a supported image (png, jpeg, webp, gif, bmp)".into())
-        })?;
+fn sniff_checked(
+    head: &[u8],
+    param: &str,
+    sniffed: &mut Option<ImageFormat>,
+) -> Result<ImageFormat, GatewayError> {
+    let format = sniff(head).ok_or_else(|| {
+        GatewayError::invalid(
+            "the data is not a supported image (png, jpeg, webp, gif, bmp)",
+            Some(param.to_string()),
+        )
+    })?;
     *sniffed = Some(format);
-    let (width, height) = image::ImageReader::with_format(Cursor::new(&data), format.to_image())
+    Ok(format)
+}
+
+/// Width and height from the header, without decoding pixels.
+fn read_dimensions(data: &[u8], format: ImageFormat) -> Result<(u32, u32), String> {
+    if format == ImageFormat::Jpeg {
+        // zune-jpeg on the slice itself: `image`'s JPEG decoder first copies its whole input
+        // into a Vec (zune-jpeg reads slices), for a header of a few hundred bytes. The same
+        // options `image` sets; the same checks (markers, quantisation and Huffman tables).
+        let options = zune_core::options::DecoderOptions::default()
+            .set_strict_mode(false)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX);
+        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+            zune_core::bytestream::ZCursor::new(data),
+            options,
+        );
+        decoder.decode_headers().map_err(|e| e.to_string())?;
+        let (w, h) = decoder
+            .dimensions()
+            .ok_or_else(|| "no frame header".to_string())?;
+        return Ok((w as u32, h as u32));
+    }
+    image::ImageReader::with_format(Cursor::new(data), format.to_image())
         .into_dimensions()
-        .map_err(|e| invalid(format!("cannot read the {} header: {e}", format.as_str())))?;
+        .map_err(|e| e.to_string())
+}
+
+fn header_error(format: ImageFormat, e: String, param: &str) -> GatewayError {
+    GatewayError::invalid(
+        format!("cannot read the {} header: {e}", format.as_str()),
+        Some(param.to_string()),
+    )
+}
+
+/// The checks on the image's size in pixels and shape, then its tokens.
+fn finish(
+    found: Found,
+    data: Option<Bytes>,
+    limits: &ImageLimits,
+    param: &str,
+    started: Instant,
+) -> Result<ImageInfo, GatewayError> {
+    let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
+    let Found {
+        format,
+        width,
+        height,
+        bytes,
+        hash,
+    } = found;
     if width == 0 || height == 0 {
         return Err(invalid(format!("image has no pixels ({width}x{height})")));
     }
@@ -206,13 +341,11 @@ pub fn check_image(
             "image aspect ratio {width}x{height} is more than {MAX_ASPECT_RATIO}:1"
         )));
     }
-    let hash = xxhash_rust::xxh3::xxh3_128(&data);
     let (rh, rw) = smart_resize(h, w, limits.min_pixels, limits.max_pixels).ok_or_else(|| {
         invalid(format!(
             "image {width}x{height} has no size Qwen2.5-VL can resize it to"
         ))
     })?;
-    let bytes = data.len();
     Ok(ImageInfo {
         format,
         width,
@@ -221,7 +354,7 @@ pub fn check_image(
         hash,
         tokens: (rh / IMAGE_FACTOR) * (rw / IMAGE_FACTOR),
         check_time: started.elapsed(),
-        data: keep_bytes.then(|| Bytes::from(data)),
+        data,
         part: (0, 0),
     })
 }
@@ -241,14 +374,60 @@ pub fn data_url(format: ImageFormat, data: &[u8]) -> String {
 }
 
 /// Standard base64, padding optional, SIMD-decoded.
-fn decode_base64(payload: &str) -> Option<Vec<u8>> {
-    let unpadded = payload.trim_end_matches('=');
-    if payload.len() - unpadded.len() > 2 {
-        return None;
-    }
+fn decode_base64(payload: &[u8]) -> Option<Vec<u8>> {
     base64_simd::STANDARD_NO_PAD
-        .decode_to_vec(unpadded.as_bytes())
+        .decode_to_vec(unpadded(payload)?)
         .ok()
+}
+
+/// `payload` without its padding, which may be absent but not longer than two `=`.
+fn unpadded(payload: &[u8]) -> Option<&[u8]> {
+    let end = payload
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |i| i + 1);
+    (payload.len() - end <= 2).then_some(&payload[..end])
+}
+
+/// Base64 characters decoded into the bytes kept for the header read (a multiple of 4, so the
+/// blocks after it decode on their own): 96 KiB of image, enough for every format's header
+/// unless a JPEG carries more metadata before its frame header.
+const HEAD_CHARS: usize = 128 << 10;
+/// Base64 characters decoded at a time after the head: 48 KiB of image, which stays in cache
+/// between the decoder writing it and the hash reading it.
+const BLOCK_CHARS: usize = 64 << 10;
+
+/// An image decoded from base64 and not kept: its first bytes, its length and its xxh3-128
+/// (the same as [`xxhash_rust::xxh3::xxh3_128`] of the whole).
+struct Streamed {
+    head: Vec<u8>,
+    len: usize,
+    hash: u128,
+}
+
+fn decode_streamed(payload: &[u8]) -> Option<Streamed> {
+    use base64_simd::AsOut;
+    let engine = base64_simd::STANDARD_NO_PAD;
+    let b64 = unpadded(payload)?;
+    let (head, mut rest) = b64.split_at(b64.len().min(HEAD_CHARS));
+    let head = engine.decode_to_vec(head).ok()?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&head);
+    let mut len = head.len();
+    let mut block = Vec::new();
+    while !rest.is_empty() {
+        let (chars, tail) = rest.split_at(rest.len().min(BLOCK_CHARS));
+        block.resize(BLOCK_CHARS / 4 * 3, 0);
+        let bytes = engine.decode(chars, block.as_mut_slice().as_out()).ok()?;
+        hasher.update(bytes);
+        len += bytes.len();
+        rest = tail;
+    }
+    Some(Streamed {
+        head,
+        len,
+        hash: hasher.digest128(),
+    })
 }
 
 /// What may follow the media type: exactly `;base64`. RFC 2397 makes the token
@@ -366,10 +545,10 @@ mod tests {
 
     #[test]
     fn base64_padding_is_optional() {
-        assert_eq!(decode_base64("aGk="), Some(b"hi".to_vec()));
-        assert_eq!(decode_base64("aGk"), Some(b"hi".to_vec()));
-        assert_eq!(decode_base64("aGk==="), None);
-        assert_eq!(decode_base64("a=Gk"), None);
+        assert_eq!(decode_base64(b"aGk="), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64(b"aGk"), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64(b"aGk==="), None);
+        assert_eq!(decode_base64(b"a=Gk"), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! every field, so a 10,000-deep array or a 100,000-digit integer there would cost it a
 //! round trip and come back as a 4xx without the OpenAI envelope (or a 5xx): refuse them
 //! here, naming the field. UTF-8 needs no check of its own: serde_json validates every string
-//! it parses and every raw value it captures from a byte slice.
+//! it parses and every raw value it captures from a byte slice, except image URLs, which are
+//! read raw and checked byte by byte in validation (`api::chat::RawUrl`).
 //!
 //! The scan reads only the raw text of unknown fields, which are small in practice (sampling
 //! parameters, `detail`, `chat_template_kwargs`); the message text and the image data URLs,

@@ -565,28 +565,40 @@ fn scan_part(
                 opts.limits.max_json_depth,
                 &|| format!("{param}."),
             )?;
-            let url = &image_url.url;
             if scan.images.len() + scan.remote.len() >= max_images {
                 return Err(GatewayError::too_large(
                     format!("more than {max_images} images in one request"),
                     Some(param),
                 ));
             }
-            let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
-            match scheme.as_deref() {
-                Some("data") => {
-                    let mut sniffed = None;
-                    match images::check_data_url_sniffed(url, limits, keep, &param, &mut sniffed) {
-                        Ok(info) => scan.images.push(ImageInfo {
-                            part: (i, j),
-                            ..info
-                        }),
-                        Err(e) => {
-                            (opts.image_rejected)(sniffed);
-                            return Err(e);
-                        }
+            let raw = &image_url.url;
+            if raw.is_data() {
+                let mut sniffed = None;
+                let checked = images::check_data_url_bytes(
+                    &raw.0,
+                    raw.is_verbatim(),
+                    limits,
+                    keep,
+                    &param,
+                    &mut sniffed,
+                );
+                match checked {
+                    Ok(info) => scan.images.push(ImageInfo {
+                        part: (i, j),
+                        ..info
+                    }),
+                    Err(e) => {
+                        (opts.image_rejected)(sniffed);
+                        return Err(e);
                     }
                 }
+                return Ok(());
+            }
+            let url = raw
+                .text()
+                .map_err(|why| GatewayError::invalid(why, Some(format!("{param}.url"))))?;
+            let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
                 Some("http" | "https") if images::has_host(url) => scan.remote.push(RemoteImage {
                     message: i,
                     part: j,

@@ -443,3 +443,155 @@ fn an_image_by_file_id_is_checked_and_inlined_as_a_data_url() {
     assert_eq!(err.status(), 400);
     assert_eq!(param(&err), "messages[0].content[0].image_url.url");
 }
+
+/// Bytes no image codec compresses: an LCG's high bytes.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+fn encoded(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode");
+    out
+}
+
+/// `check_data_url` both ways: decoded block by block into the hash (not kept), and whole (kept
+/// for an engine). Both must read the same header and give xxh3-128 of the whole bytes.
+fn check_both_ways(bytes: &[u8]) -> images::ImageInfo {
+    let url = format!(
+        "data:image;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    );
+    let limits = ImageLimits::from(&limits());
+    let streamed = images::check_data_url(&url, &limits, false, "p").expect("valid");
+    let kept = images::check_data_url(&url, &limits, true, "p").expect("valid");
+    assert_eq!(streamed.hash, xxhash_rust::xxh3::xxh3_128(bytes));
+    assert_eq!(kept.hash, streamed.hash);
+    assert_eq!(streamed.bytes, bytes.len());
+    assert_eq!((streamed.width, streamed.height), (kept.width, kept.height));
+    assert!(streamed.data.is_none());
+    assert_eq!(kept.data.as_deref(), Some(bytes));
+    streamed
+}
+
+#[test]
+fn a_large_image_is_hashed_block_by_block_as_if_whole() {
+    // 500x400 of noise: a PNG of about 600 KB, many decode blocks past the head.
+    let img = image::RgbImage::from_raw(500, 400, noise(500 * 400 * 3)).expect("size");
+    let png = encoded(&img, image::ImageFormat::Png);
+    assert!(png.len() > 400_000, "{}", png.len());
+    let info = check_both_ways(&png);
+    assert_eq!((info.width, info.height), (500, 400));
+    // Lengths on both sides of a block's edge, padded and not.
+    for cut in [98_304 - 1, 98_304, 98_304 + 1, 98_304 + 49_152 + 2] {
+        let mut truncated_png = png[..cut].to_vec();
+        truncated_png[cut - 1] ^= 0x55;
+        check_both_ways(&truncated_png);
+    }
+}
+
+#[test]
+fn a_header_past_the_first_bytes_is_read_from_the_whole_image() {
+    // A JPEG with 130 KB of APP2 segments (an ICC profile's worth) before its frame header.
+    let img = image::RgbImage::from_raw(64, 48, noise(64 * 48 * 3)).expect("size");
+    let jpeg = encoded(&img, image::ImageFormat::Jpeg);
+    let mut padded = jpeg[..2].to_vec(); // SOI
+    for _ in 0..2 {
+        padded.extend_from_slice(&[0xFF, 0xE2, 0xFF, 0xFF]);
+        padded.extend_from_slice(&noise(0xFFFF - 2));
+    }
+    padded.extend_from_slice(&jpeg[2..]);
+    let info = check_both_ways(&padded);
+    assert_eq!((info.width, info.height), (64, 48));
+}
+
+#[test]
+fn bad_base64_far_into_a_large_image_is_refused() {
+    let img = image::RgbImage::from_raw(300, 300, noise(300 * 300 * 3)).expect("size");
+    let png = encoded(&img, image::ImageFormat::Png);
+    let good = base64::engine::general_purpose::STANDARD.encode(&png);
+    let limits = ImageLimits::from(&limits());
+    for at in [200_000, good.len() - 5] {
+        let mut bad = good.clone().into_bytes();
+        bad[at] = b'*';
+        let url = format!(
+            "data:image;base64,{}",
+            String::from_utf8(bad).expect("ascii")
+        );
+        for keep in [false, true] {
+            let err = images::check_data_url(&url, &limits, keep, "p").expect_err("bad base64");
+            assert_eq!(err.status().as_u16(), 400);
+            assert!(err.to_string().contains("malformed base64"), "{err}");
+        }
+    }
+    // One character past a whole number of quanta is no base64 either.
+    let url = format!("data:image;base64,{good}A");
+    let err = images::check_data_url(&url, &limits, false, "p").expect_err("dangling char");
+    assert!(err.to_string().contains("malformed base64"), "{err}");
+}
+
+#[test]
+fn image_urls_are_read_raw_and_every_byte_checked() {
+    let body = |url: &[u8]| {
+        let mut b = br#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":""#.to_vec();
+        b.extend_from_slice(url);
+        b.extend_from_slice(br#""}}]}]}"#);
+        b
+    };
+    let good = png_url(40, 30);
+    let ok = run_bytes(body(good.as_bytes())).expect("valid");
+    // Escaped slashes (as PHP and Java encoders write base64's `/`): the owned, unescaped
+    // bytes are checked and hashed, the same image.
+    let escaped = run_bytes(body(good.replace('/', "\\/").as_bytes())).expect("escaped");
+    assert_eq!(escaped.images[0].hash, ok.images[0].hash);
+    // An escaped newline after the data is let go, as before; a raw one is not JSON.
+    run_bytes(body(format!("{good}\\n").as_bytes())).expect("escaped trailing newline");
+    let refused = |url: Vec<u8>, want_param: &str, want: &str| {
+        let err = run_bytes(body(&url)).expect_err("refused");
+        assert_eq!(err.status(), 400, "{err}");
+        assert_eq!(param(&err), serde_json::Value::from(want_param), "{err}");
+        assert!(err.to_string().contains(want), "{err}");
+    };
+    let image = "messages[0].content[0].image_url";
+    let mut raw_newline = good.clone().into_bytes();
+    raw_newline.push(b'\n');
+    refused(raw_newline, image, "malformed base64");
+    let mut inner = good.clone().into_bytes();
+    inner.insert(40, b'\t');
+    refused(inner, image, "malformed base64");
+    let mut not_utf8 = good.clone().into_bytes();
+    not_utf8.insert(40, 0xff);
+    refused(not_utf8, image, "malformed base64");
+    refused(
+        good.replacen("data:image", "data:image\\t", 1).into_bytes(),
+        image,
+        "media type",
+    );
+    // Any other URL must be text without control characters.
+    let url = format!("{image}.url");
+    refused(
+        b"https://example.com/a\\tb.png".to_vec(),
+        &url,
+        "control characters",
+    );
+    refused(b"https://example.com/\xffa.png".to_vec(), &url, "not UTF-8");
+    // A lone surrogate escape is no text either.
+    refused(
+        b"https://example.com/\\ud800.png".to_vec(),
+        &url,
+        "not UTF-8",
+    );
+    // Still a string: anything else is the JSON error it was.
+    let err = run(r#"{"model":"caprl","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":7}}]}]}"#)
+        .expect_err("a number");
+    assert_eq!(param(&err), serde_json::Value::from(url.as_str()), "{err}");
+}

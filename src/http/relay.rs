@@ -26,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::time::Instant;
+use std::pin::Pin;
+use tokio::time::{Instant, Sleep};
 
 /// What holds the request's place until its answer has been relayed: the worker slot and the
 /// drain count. Dropped with the response (or its body, for a stream).
@@ -105,7 +106,8 @@ struct Relay {
     events: BoxStream<'static, Result<StreamEvent, String>>,
     model: String,
     client_wants_usage: bool,
-    deadline: Instant,
+    /// The request's deadline, one timer for the whole stream (not one per event).
+    deadline: Pin<Box<Sleep>>,
     record: RequestRecord,
     usage: Option<Usage>,
     first_token_at: Option<Instant>,
@@ -126,7 +128,7 @@ fn stream(
         events,
         model: req.model,
         client_wants_usage: req.client_wants_usage,
-        deadline,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
         record,
         usage: None,
         first_token_at: None,
@@ -147,8 +149,13 @@ impl Relay {
             return None;
         }
         loop {
-            let event = match tokio::time::timeout_at(self.deadline, self.events.next()).await {
-                Err(_) => {
+            let next = tokio::select! {
+                biased;
+                next = self.events.next() => Ok(next),
+                () = self.deadline.as_mut() => Err(()),
+            };
+            let event = match next {
+                Err(()) => {
                     return Some(self.fail(GatewayError::Timeout(
                         "the stream did not complete within the request timeout".into(),
                     )))

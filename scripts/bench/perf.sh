@@ -4,6 +4,9 @@
 # and the top inclusive frames. Run scripts/bench/load.sh first (it builds and makes bodies).
 #
 #   scripts/bench/perf.sh img1m-whole 32      # BODY (a file in $OUT/bodies without .json), CONNS
+#
+#   GATEWAY=/path/caprl-gateway FAKE_WORKER=/path/caprl-fake-worker   other binaries (before/after)
+#   CALLERS=SYMBOL    also print who calls SYMBOL (DWARF stacks; e.g. __memmove_avx512_unaligned_erms)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BODY=${1:-img1m-whole}
@@ -15,9 +18,11 @@ WPORT=${WPORT:-18590}
 GPORT=${GPORT:-18591}
 command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
 
-"$TARGET_DIR/release/caprl-fake-worker" --port "$WPORT" --threads 1 >"$OUT/logs/perf-worker.log" 2>&1 &
+GATEWAY=${GATEWAY:-$TARGET_DIR/release/caprl-gateway}
+FAKE_WORKER=${FAKE_WORKER:-$TARGET_DIR/release/caprl-fake-worker}
+"$FAKE_WORKER" --port "$WPORT" --threads 1 >"$OUT/logs/perf-worker.log" 2>&1 &
 W=$!
-RUST_LOG=warn "$TARGET_DIR/release/caprl-gateway" serve --host 127.0.0.1 --port "$GPORT" \
+RUST_LOG=warn "$GATEWAY" serve --host 127.0.0.1 --port "$GPORT" \
     --worker "http://127.0.0.1:$WPORT" --shutdown-grace-secs 1 >"$OUT/logs/perf-gateway.log" 2>&1 &
 G=$!
 trap 'kill "$G" "$W" 2>/dev/null || true' EXIT
@@ -30,7 +35,12 @@ BODY_FILE="$OUT/bodies/$BODY.json" wrk -t2 -c"$CONNS" -d"$((DURATION + 2))s" --t
     >"$OUT/perf-$BODY-c$CONNS.wrk" 2>&1 &
 WRK=$!
 sleep 1
-perf record -F 999 -g -p "$G" -o "$OUT/perf-$BODY-c$CONNS.data" -- sleep "$DURATION" 2>/dev/null
+if [ -n "${CALLERS:-}" ]; then
+    CG=(--call-graph dwarf,32768 -F 199)
+else
+    CG=(-g -F 999)
+fi
+perf record "${CG[@]}" -p "$G" -o "$OUT/perf-$BODY-c$CONNS.data" -- sleep "$DURATION" 2>/dev/null
 wait "$WRK" || true
 grep RESULT "$OUT/perf-$BODY-c$CONNS.wrk" || true
 echo "## self time, top 25 ($BODY, c=$CONNS)"
@@ -42,3 +52,8 @@ perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --sort dso --stdio 2
 echo "## inclusive (children), top 40 (frame-pointer stacks: partial for Rust code)"
 perf report -i "$OUT/perf-$BODY-c$CONNS.data" --children --sort symbol --stdio -g none 2>/dev/null \
     | grep -E '^ +[0-9]' | head -40
+if [ -n "${CALLERS:-}" ]; then
+    echo "## callers of $CALLERS"
+    perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --symbol-filter="$CALLERS" \
+        --stdio -G 2>/dev/null | grep -v '^$' | head -80
+fi

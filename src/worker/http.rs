@@ -10,7 +10,7 @@
 use super::{Chunk, Fault, SendError, SendLimits, StreamEvent, Upstream, UpstreamBody};
 use crate::api::chat::ResponsePeek;
 use crate::error::GatewayError;
-use crate::validate::ValidRequest;
+use crate::validate::{Endpoint, ValidRequest};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
@@ -52,17 +52,46 @@ pub fn client(connect_timeout: Duration) -> reqwest::Client {
         .expect("the HTTP client builds with static settings; this is a bug")
 }
 
+/// A worker's endpoint URLs, parsed once: given a string, reqwest parses it (IDNA included)
+/// on every request. `None` where the base does not parse, which leaves the error to reqwest.
+#[derive(Debug)]
+pub struct Endpoints {
+    chat: Option<reqwest::Url>,
+    completions: Option<reqwest::Url>,
+}
+
+impl Endpoints {
+    pub fn new(base: &str) -> Endpoints {
+        let parse = |e: Endpoint| reqwest::Url::parse(&format!("{base}{}", e.path())).ok();
+        Endpoints {
+            chat: parse(Endpoint::Chat),
+            completions: parse(Endpoint::Completions),
+        }
+    }
+
+    fn get(&self, endpoint: Endpoint) -> Option<&reqwest::Url> {
+        match endpoint {
+            Endpoint::Chat => self.chat.as_ref(),
+            Endpoint::Completions => self.completions.as_ref(),
+        }
+    }
+}
+
 /// Send one request and wait for the response head (at most `limits.first_byte`, and never
 /// past the deadline).
 pub async fn send(
     client: &reqwest::Client,
     base: &str,
+    endpoints: &Endpoints,
     req: &ValidRequest,
     request_id: &str,
     limits: SendLimits,
 ) -> Result<Upstream, SendError> {
-    let fut = client
-        .post(format!("{base}{}", req.endpoint.path()))
+    let builder = match endpoints.get(req.endpoint) {
+        Some(url) => client.post(url.clone()),
+        None => client.post(format!("{base}{}", req.endpoint.path())),
+    };
+    let fut = builder
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("x-request-id", request_id)
         .body(req.body.clone())

@@ -23,8 +23,12 @@ use tokio::time::Instant;
 /// What serves a worker's requests.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// An OpenAI-compatible server at this base URL (no trailing `/v1`).
-    Http { base: String },
+    /// An OpenAI-compatible server at this base URL (no trailing `/v1`), with its endpoint
+    /// URLs parsed once.
+    Http {
+        base: String,
+        endpoints: std::sync::Arc<http::Endpoints>,
+    },
     /// The in-process engine.
     #[cfg(feature = "candle")]
     Candle(candle::CandleWorker),
@@ -41,7 +45,9 @@ pub struct SendLimits {
 
 impl Backend {
     pub fn http(base: impl Into<String>) -> Backend {
-        Backend::Http { base: base.into() }
+        let base = base.into();
+        let endpoints = std::sync::Arc::new(http::Endpoints::new(&base));
+        Backend::Http { base, endpoints }
     }
 
     pub fn is_in_process(&self) -> bool {
@@ -51,7 +57,7 @@ impl Backend {
     /// The base URL of an HTTP worker, which probes and discovery work with.
     pub fn http_base(&self) -> Option<&str> {
         match self {
-            Backend::Http { base } => Some(base),
+            Backend::Http { base, .. } => Some(base),
             #[cfg(feature = "candle")]
             Backend::Candle(_) => None,
         }
@@ -66,7 +72,9 @@ impl Backend {
         limits: SendLimits,
     ) -> Result<Upstream, SendError> {
         match self {
-            Backend::Http { base } => http::send(client, base, req, request_id, limits).await,
+            Backend::Http { base, endpoints } => {
+                http::send(client, base, endpoints, req, request_id, limits).await
+            }
             #[cfg(feature = "candle")]
             Backend::Candle(engine) => engine.send(req, request_id),
         }

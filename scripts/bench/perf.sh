@@ -44,16 +44,19 @@ perf record "${CG[@]}" -p "$G" -o "$OUT/perf-$BODY-c$CONNS.data" -- sleep "$DURA
 wait "$WRK" || true
 grep RESULT "$OUT/perf-$BODY-c$CONNS.wrk" || true
 echo "## self time, top 25 ($BODY, c=$CONNS)"
-perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --sort symbol --stdio 2>/dev/null \
-    | grep -E '^ +[0-9]' | head -25
+# `-g none`: no call chains in the text, and `|| true`: `head` closing the pipe is no failure.
+perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -25 || true
+echo "## by stage (scripts/bench/attribute.py: self time by symbol name)"
+python3 scripts/bench/attribute.py "$OUT/perf-$BODY-c$CONNS.data"
 echo "## by DSO (kernel vs gateway vs libc)"
-perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --sort dso --stdio 2>/dev/null \
-    | grep -E '^ +[0-9]' | head -8
+perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -8 || true
 echo "## inclusive (children), top 40 (frame-pointer stacks: partial for Rust code)"
 perf report -i "$OUT/perf-$BODY-c$CONNS.data" --children --sort symbol --stdio -g none 2>/dev/null \
-    | grep -E '^ +[0-9]' | head -40
+    | grep -E '^ +[0-9]' | head -40 || true
 if [ -n "${CALLERS:-}" ]; then
     echo "## callers of $CALLERS"
     perf report -i "$OUT/perf-$BODY-c$CONNS.data" --no-children --symbol-filter="$CALLERS" \
-        --stdio -G 2>/dev/null | grep -v '^$' | head -80
+        --stdio -G 2>/dev/null | grep -v '^$' | head -80 || true
 fi

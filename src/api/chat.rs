@@ -367,12 +367,28 @@ impl RawUrl<'_> {
     /// The URL as text: UTF-8 without control characters (which serde_json's text read
     /// refuses raw, and which no URL holds escaped either).
     pub fn text(&self) -> Result<&str, &'static str> {
-        let text = std::str::from_utf8(&self.0).map_err(|_| "the image URL is not UTF-8")?;
-        if text.bytes().any(|b| b < 0x20) {
-            return Err("the image URL holds control characters");
-        }
-        Ok(text)
+        plain_text(&self.0).map_err(|why| match why {
+            NotText::Utf8 => "the image URL is not UTF-8",
+            NotText::Control => "the image URL holds control characters",
+        })
     }
+}
+
+/// Why bytes are not plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotText {
+    Utf8,
+    Control,
+}
+
+/// `bytes` as text that JSON could hold raw: UTF-8 without control characters (U+0000–U+001F).
+/// The check a raw-read string needs before it is used as text.
+pub fn plain_text(bytes: &[u8]) -> Result<&str, NotText> {
+    let text = std::str::from_utf8(bytes).map_err(|_| NotText::Utf8)?;
+    if text.bytes().any(|b| b < 0x20) {
+        return Err(NotText::Control);
+    }
+    Ok(text)
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawUrl<'a> {

@@ -126,6 +126,7 @@ pub fn check_data_url_bytes(
 ) -> Result<ImageInfo, GatewayError> {
     let started = Instant::now();
     let invalid = |msg: String| GatewayError::invalid(msg, Some(param.to_string()));
+    let malformed = || invalid("malformed base64 in data URL".into());
     let rest = url
         .get(..5)
         .filter(|p| p.eq_ignore_ascii_case(b"data:"))
@@ -135,10 +136,8 @@ pub fn check_data_url_bytes(
         .ok_or_else(|| invalid("malformed data URL: no ',' before the data".into()))?;
     let (meta, payload) = (&rest[..comma], &rest[comma + 1..]);
     // The head is short and must be text: a media type and `;base64`.
-    let meta = std::str::from_utf8(meta)
-        .ok()
-        .filter(|m| !m.bytes().any(|b| b < 0x20))
-        .ok_or_else(|| invalid("malformed data URL: its media type is not plain text".into()))?;
+    let meta = crate::api::chat::plain_text(meta)
+        .map_err(|_| invalid("malformed data URL: its media type is not plain text".into()))?;
     let (media_type, encoding) = match meta.split_once(';') {
         Some((m, e)) => (m.trim(), Some(e)),
         None => (meta.trim(), None),
@@ -172,14 +171,12 @@ pub fn check_data_url_bytes(
         ));
     }
     if keep_bytes {
-        let data = decode_base64(payload)
-            .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+        let data = decode_base64(payload).ok_or_else(malformed)?;
         return check_image(data, limits, keep_bytes, param, sniffed, started);
     }
     // Not kept: decoded a block at a time into the hash, only the first bytes held for the
     // header, so a 1 MB image costs no 1 MB buffer and its bytes are hashed while in cache.
-    let streamed = decode_streamed(payload)
-        .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+    let streamed = decode_streamed(payload).ok_or_else(malformed)?;
     check_len(streamed.len, limits, param)?;
     let format = sniff_checked(&streamed.head, param, sniffed)?;
     match read_dimensions(&streamed.head, format) {
@@ -199,8 +196,7 @@ pub fn check_data_url_bytes(
         // The header lies past the first bytes (a JPEG behind large EXIF or ICC segments):
         // decode it whole and read it again. Rare, and bounded by the size limit above.
         Err(_) if streamed.head.len() < streamed.len => {
-            let data = decode_base64(payload)
-                .ok_or_else(|| invalid("malformed base64 in data URL".to_string()))?;
+            let data = decode_base64(payload).ok_or_else(malformed)?;
             check_image(data, limits, keep_bytes, param, sniffed, started)
         }
         Err(e) => Err(header_error(format, e, param)),
@@ -414,10 +410,16 @@ fn decode_streamed(payload: &[u8]) -> Option<Streamed> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(&head);
     let mut len = head.len();
-    let mut block = Vec::new();
+    let mut block = vec![
+        0;
+        if rest.is_empty() {
+            0
+        } else {
+            BLOCK_CHARS / 4 * 3
+        }
+    ];
     while !rest.is_empty() {
         let (chars, tail) = rest.split_at(rest.len().min(BLOCK_CHARS));
-        block.resize(BLOCK_CHARS / 4 * 3, 0);
         let bytes = engine.decode(chars, block.as_mut_slice().as_out()).ok()?;
         hasher.update(bytes);
         len += bytes.len();

@@ -1,11 +1,55 @@
 //! The layers the vision tower (`vision.rs`) and the text decoder (`text.rs`) share: linear
 //! layers read from the checkpoint, RMSNorm, the activations, and softmax in f32.
 
+use super::few_rows;
 use super::weights::Weights;
 use crate::config::Activation;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_nn::Linear;
+use candle_nn::Module;
+
+/// A linear layer, `x · Wᵀ + b`, with `W` `[out, inp]`.
+///
+/// On the CPU in f32, an input of a few rows (every linear layer of a decode step) takes the
+/// [`few_rows`](super::few_rows) kernel, which streams `W` once on every thread; taller inputs
+/// (a prefill) and other devices or dtypes take Candle's `matmul`.
+#[derive(Debug, Clone)]
+pub(super) struct Linear {
+    inner: candle_nn::Linear,
+    /// Whether few-row inputs take the few-rows kernel (f32 weights on the CPU).
+    few_rows: bool,
+}
+
+impl Linear {
+    pub(super) fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let few_rows =
+            weight.device().is_cpu() && weight.dtype() == DType::F32 && weight.rank() == 2;
+        Linear {
+            inner: candle_nn::Linear::new(weight, bias),
+            few_rows,
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.inner.weight();
+        let (out, inp) = w.dims2()?;
+        let rows = x.elem_count() / inp.max(1);
+        if !self.few_rows || x.dtype() != DType::F32 || rows > few_rows::MAX_ROWS || rows == 0 {
+            return self.inner.forward(x);
+        }
+        let mut y = few_rows::matmul_t(&x.reshape((rows, inp))?, w)?;
+        if let Some(b) = self.inner.bias() {
+            y = y.broadcast_add(b)?;
+        }
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        y.reshape(shape)
+    }
+}
 
 /// A linear layer `name.weight` `[out, inp]` (and `name.bias`) of the vision tower or decoder.
 pub(super) fn linear(

@@ -8,13 +8,13 @@
 //! new tokens. Grouped-query attention reshapes the queries of a key/value head's group into
 //! one matrix instead of repeating keys and values.
 
-use super::layers::{act, linear, rms_norm, softmax_f32};
+use super::layers::{act, linear, rms_norm, softmax_f32, Linear};
 use super::rope;
 use super::weights::Weights;
 use crate::config::TextConfig;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module};
+use candle_nn::Module;
 
 /// One layer's keys and values for one sequence: buffers `[kv_heads, capacity, head_dim]`
 /// that double when full, the first `len` positions in use. Not `Clone`: appending writes into

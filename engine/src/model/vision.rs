@@ -9,13 +9,13 @@
 //! PatchMerger (RMSNorm, 2x2 concat, Linear-GELU-Linear). Attention never builds a mask: it
 //! runs per window, batching runs of consecutive windows of equal length into one matmul.
 
-use super::layers::{act, linear, rms_norm, softmax_f32};
+use super::layers::{act, linear, rms_norm, softmax_f32, Linear};
 use super::rope;
 use super::weights::Weights;
 use crate::config::{Activation, VisionConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module};
+use candle_nn::Module;
 
 struct Block {
     norm1: Tensor,

@@ -9,6 +9,7 @@
 //! sequence, runs the linear layers once for all of them and attention per sequence at its own
 //! position (cache length + rope delta). Numerics follow transformers' eager implementation.
 
+mod cached_attention;
 mod few_rows;
 mod layers;
 mod rope;

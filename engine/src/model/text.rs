@@ -8,6 +8,7 @@
 //! new tokens. Grouped-query attention reshapes the queries of a key/value head's group into
 //! one matrix instead of repeating keys and values.
 
+use super::cached_attention::{self, Cached};
 use super::layers::{act, linear, rms_norm, softmax_f32, Linear};
 use super::rope;
 use super::weights::Weights;
@@ -72,6 +73,15 @@ impl KvCache {
         vb.slice_set(&v.contiguous()?, 1, self.len)?;
         self.len += s;
         Ok((kb.narrow(1, 0, self.len)?, vb.narrow(1, 0, self.len)?))
+    }
+
+    /// The whole buffers and the positions in use, for kernels that read them in place.
+    fn cached(&self) -> Option<Cached<'_>> {
+        Some(Cached {
+            k: self.k.as_ref()?,
+            v: self.v.as_ref()?,
+            len: self.len,
+        })
     }
 }
 
@@ -230,6 +240,23 @@ impl TextModel {
         let k = rot(layer.k.forward(x)?, kvh)?;
         let v = layer.v.forward(x)?.reshape((n, kvh, hd))?;
         let scale = (hd as f64).powf(-0.5);
+        if self.dtype == DType::F32
+            && lens.iter().all(|&s| s == 1)
+            && cached_attention::supports(&self.device, groups)
+        {
+            // A decode step: append each sequence's key and value, then attend in one pass.
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let one = |t: &Tensor| t.narrow(0, i, 1).and_then(|t| t.transpose(0, 1));
+                cache[l].append(&one(&k)?, &one(&v)?)?;
+            }
+            let cached = caches
+                .iter()
+                .map(|c| c[l].cached())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| anyhow::anyhow!("KV cache empty after append; this is a bug"))?;
+            let o = cached_attention::one_token(&q, &cached, scale as f32)?;
+            return Ok(layer.o.forward(&o)?);
+        }
         let mut outs = Vec::with_capacity(lens.len());
         let mut off = 0;
         for (cache, &s) in caches.iter_mut().zip(lens) {

@@ -1,5 +1,6 @@
 //! The layers the vision tower (`vision.rs`) and the text decoder (`text.rs`) share: linear
-//! layers read from the checkpoint, RMSNorm, the activations, and softmax in f32.
+//! layers read from the checkpoint (a decode step's few rows through `few_rows.rs`), RMSNorm,
+//! the activations, and softmax in f32.
 
 use super::few_rows;
 use super::weights::Weights;

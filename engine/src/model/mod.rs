@@ -2,7 +2,9 @@
 //!
 //! Owns [`Qwen25VL`] — the configs, the vision tower (`vision.rs`), the text decoder
 //! (`text.rs`), M-RoPE (`rope.rs`), weight loading (`weights.rs`), the layers both towers
-//! share (`layers.rs`) — and its
+//! share (`layers.rs`), and the CPU kernels of a decode step: the linear layers' product for a
+//! few rows (`few_rows.rs`) and attention over the KV caches in place (`cached_attention.rs`) —
+//! and its
 //! [`StepModel`](crate::backend::StepModel) implementation: prefill runs the vision tower on the
 //! prompt's images, splices the merged embeddings in at the image-pad tokens, runs the decoder
 //! over the prompt and keeps the KV cache in a [`SeqState`]; decode stacks one token of each

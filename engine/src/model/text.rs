@@ -6,7 +6,8 @@
 //! linear layer runs once over the whole stack (this is what makes batched decoding cheap),
 //! and attention runs per sequence against that sequence's own [`KvCache`], causal within the
 //! new tokens. Grouped-query attention reshapes the queries of a key/value head's group into
-//! one matrix instead of repeating keys and values.
+//! one matrix instead of repeating keys and values. A decode step on the CPU (one new token
+//! per sequence) attends in one pass over all the caches instead (`cached_attention.rs`).
 
 use super::cached_attention::{self, Cached};
 use super::layers::{act, linear, rms_norm, softmax_f32, Linear};

@@ -22,6 +22,12 @@ use caprl_engine::{parse_device, Message, Part};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The gateway's allocator (src/main.rs), so the figures are a Candle worker's behind it: with
+/// glibc's malloc every large tensor is a fresh mmap, paid again in page faults.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DECODE_STEPS: usize = 32;
 const BATCHES: &[usize] = &[1, 4, 8, 16];
 const IMAGE_SIZES: &[(u32, u32)] = &[(224, 224), (448, 448), (672, 504), (896, 896)];

@@ -10,9 +10,10 @@
 //!   per weight it loads).
 //!
 //! This kernel streams `W` once instead. Each thread takes a band of `W`'s rows (output
-//! features) and, for two rows at a time, walks them alongside up to four rows of `x`, with
-//! eight accumulators in registers, so each weight is loaded once per four rows of `x` and
-//! each `x` value once per two weights. `x` is small (rows × inputs) and stays in cache. The
+//! features) and, for four rows at a time, walks them alongside up to three rows of `x`, with
+//! twelve accumulators in registers, so each weight is loaded once per three rows of `x` and
+//! each `x` value once per four weights (against two by four, this tile made batch-8 and
+//! batch-16 steps about 10% faster: docs/BENCHMARKS.md). `x` is small (rows × inputs) and stays in cache. The
 //! SIMD width is picked at run time (`pulp`: AVX2 and FMA where the CPU has them, scalar code
 //! elsewhere), so the binary stays portable.
 //!
@@ -116,28 +117,40 @@ impl WithSimd for Band<'_> {
             *slot = row;
         }
         let xr = &xr[..m];
-        let mut pairs = w.chunks_exact(2 * k);
-        let mut outs = out.chunks_exact_mut(2 * m);
-        for (wp, op) in (&mut pairs).zip(&mut outs) {
-            let (w0, w1) = wp.split_at(k);
-            weight_rows::<S, 2>(simd, [w0, w1], xr, op);
+        let mut quads = w.chunks_exact(4 * k);
+        let mut outs = out.chunks_exact_mut(4 * m);
+        for (wq, oq) in (&mut quads).zip(&mut outs) {
+            weight_rows::<S, 4>(simd, split(wq, k), xr, oq);
         }
-        let (w_last, o_last) = (pairs.remainder(), outs.into_remainder());
-        if !w_last.is_empty() {
-            weight_rows::<S, 1>(simd, [w_last], xr, o_last);
+        let (w_last, o_last) = (quads.remainder(), outs.into_remainder());
+        match w_last.len() / k {
+            3 => weight_rows::<S, 3>(simd, split(w_last, k), xr, o_last),
+            2 => weight_rows::<S, 2>(simd, split(w_last, k), xr, o_last),
+            1 => weight_rows::<S, 1>(simd, split(w_last, k), xr, o_last),
+            _ => {}
         }
     }
 }
 
-/// `R` rows of `W` against every row of `x`, four rows of `x` at a time; `out` is `[R, m]`.
+/// `R` consecutive rows of length `k`.
+#[inline(always)]
+fn split<const R: usize>(w: &[f32], k: usize) -> [&[f32]; R] {
+    std::array::from_fn(|r| &w[r * k..(r + 1) * k])
+}
+
+/// `R` rows of `W` against every row of `x`, three rows of `x` at a time; `out` is `[R, m]`.
+/// Four weight rows by three input rows is twelve accumulators, one weight and three inputs in
+/// registers: the sixteen vector registers of AVX2, seven loads for twelve multiply-adds.
 #[inline(always)]
 fn weight_rows<S: Simd, const R: usize>(simd: S, w: [&[f32]; R], x: &[&[f32]], out: &mut [f32]) {
     let m = x.len();
     let mut b = 0;
     while b < m {
-        let take = (m - b).min(4);
+        let take = match m - b {
+            4 => 2, // 2 + 2 rather than 3 + 1
+            left => left.min(3),
+        };
         match take {
-            4 => store(out, m, b, dots::<S, R, 4>(simd, w, rows(x, b))),
             3 => store(out, m, b, dots::<S, R, 3>(simd, w, rows(x, b))),
             2 => store(out, m, b, dots::<S, R, 2>(simd, w, rows(x, b))),
             _ => store(out, m, b, dots::<S, R, 1>(simd, w, rows(x, b))),

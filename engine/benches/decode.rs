@@ -22,8 +22,9 @@ use caprl_engine::{parse_device, Message, Part};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The gateway's allocator (src/main.rs), so the figures are a Candle worker's behind it: with
-/// glibc's malloc every large tensor is a fresh mmap, paid again in page faults.
+/// The gateway's allocator (src/main.rs), so the figures are a Candle worker's behind it: on
+/// glibc's malloc this bench showed prefill and batch-16 decode 15–30% faster than the gateway
+/// runs them (docs/BENCHMARKS.md, "Decode kernels and the allocator").
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -12,9 +12,9 @@
 //! This kernel streams `W` once instead. Each thread takes a band of `W`'s rows (output
 //! features) and, for four rows at a time, walks them alongside up to three rows of `x`, with
 //! twelve accumulators in registers, so each weight is loaded once per three rows of `x` and
-//! each `x` value once per four weights (against two by four, this tile made batch-8 and
-//! batch-16 steps about 10% faster: docs/BENCHMARKS.md). `x` is small (rows × inputs) and stays in cache. The
-//! SIMD width is picked at run time (`pulp`: AVX2 and FMA where the CPU has them, scalar code
+//! each `x` value once per four weights (against a two-by-four tile, batch-16 steps are about
+//! 10% faster: docs/BENCHMARKS.md). `x` is small (rows × inputs) and stays in cache. The SIMD
+//! width is picked at run time (`pulp`: AVX2 and FMA where the CPU has them, scalar code
 //! elsewhere), so the binary stays portable.
 //!
 //! Inputs of more than [`MAX_ROWS`] rows (a prefill) still go to gemm, whose blocking is what
